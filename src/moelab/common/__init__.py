@@ -1,0 +1,1 @@
+"""Small helpers every stage may use: optional-dependency checks, logging, atomic files."""
