@@ -51,3 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+    "tokens": "moelab.commands.tokens",

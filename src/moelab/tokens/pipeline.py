@@ -1,0 +1,193 @@
+"""Documents → token shards: splitting, parallel workers, completion markers, resume.
+
+Input file ``i`` of the sorted documents folder becomes ``shard_{i:05d}`` in both
+``<out>/train`` and ``<out>/validation`` (possibly empty), so the output does not depend on the
+number of workers. A document goes to validation when a hash of ``salt + id`` falls below
+``validation_fraction``: deterministic, independent of order, and stable when other documents
+are added. Each document is ``[bos?] + ids + [eos]``.
+
+Resume: a worker writes its shards under temporary names, publishes them, and only then writes
+``completions/{i:05d}.json`` (input name, tokenizer hash, shard sizes). A rerun skips inputs
+with a marker and redoes the others from scratch, overwriting their temporary files, so no
+token is ever written twice. ``meta.json`` of each split is written last, from the markers.
+
+What this module does not know: how documents were made (it only reads ``Document`` JSONL)
+or how the trainer cuts rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from moelab.data.document import Document, read_documents
+from moelab.tokens.config import TokenizeConfig, TrainTokenizerConfig
+from moelab.tokens.shards import ShardError, ShardInfo, ShardWriter, write_meta
+from moelab.tokens.tokenizer import SpecialTokens, Tokenizer, train_bpe
+
+SPLITS = ("train", "validation")
+MARKERS = "completions"
+
+
+def split_of(doc_id: str, validation_fraction: float, salt: str = "moelab") -> str:
+    """``"validation"`` or ``"train"`` from a 64-bit hash of the document id."""
+    digest = hashlib.blake2b(f"{salt}\0{doc_id}".encode(), digest_size=8).digest()
+    return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
+
+
+def list_inputs(docs_dir: str | Path) -> list[Path]:
+    """The ``*.jsonl`` / ``*.jsonl.gz`` files directly in ``docs_dir``, sorted by name."""
+    docs_dir = Path(docs_dir)
+    if not docs_dir.is_dir():
+        raise FileNotFoundError(f"documents folder {docs_dir} does not exist")
+    files = sorted(p for p in docs_dir.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
+    if not files:
+        raise FileNotFoundError(f"no *.jsonl or *.jsonl.gz files in {docs_dir}")
+    return files
+
+
+@dataclass
+class _Job:
+    index: int
+    path: str
+    out_dir: str
+    validation_fraction: float
+    salt: str
+    batch_docs: int
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_json: str, specials: SpecialTokens, family: str) -> None:
+    """Pool initializer: one tokenizer per process; parallelism comes from the processes."""
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, specials, family)
+
+
+def _run_worker_job(job: _Job) -> dict[str, Any]:
+    if _WORKER_TOKENIZER is None:
+        raise RuntimeError("worker tokenizer not initialised")
+    return tokenize_input(job, _WORKER_TOKENIZER)
+
+
+def _flush(
+    batch: list[Document], tk: Tokenizer, writers: dict[str, ShardWriter], job: _Job
+) -> None:
+    encoded = tk.encode_documents([d.text for d in batch])
+    routed: dict[str, list[list[int]]] = {split: [] for split in SPLITS}
+    for doc, ids in zip(batch, encoded, strict=True):
+        routed[split_of(doc.id, job.validation_fraction, job.salt)].append(ids)
+    for split, docs in routed.items():
+        writers[split].write(docs)
+    batch.clear()
+
+
+def tokenize_input(job: _Job, tk: Tokenizer) -> dict[str, Any]:
+    """Tokenize one input file into one shard per split; write its completion marker."""
+    out = Path(job.out_dir)
+    writers = {split: ShardWriter(out / split, job.index) for split in SPLITS}
+    try:
+        batch: list[Document] = []
+        for doc in read_documents(job.path):
+            batch.append(doc)
+            if len(batch) >= job.batch_docs:
+                _flush(batch, tk, writers, job)
+        _flush(batch, tk, writers, job)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    marker = {
+        "index": job.index,
+        "input": Path(job.path).name,
+        "tokenizer_hash": tk.hash,
+        "splits": {split: asdict(w.close()) for split, w in writers.items()},
+    }
+    path = out / MARKERS / f"{job.index:05d}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(marker, indent=2) + "\n")
+    os.replace(tmp, path)
+    return marker
+
+
+def _read_marker(path: Path, input_name: str, tokenizer_hash: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    marker = json.loads(path.read_text())
+    if marker.get("input") != input_name or marker.get("tokenizer_hash") != tokenizer_hash:
+        raise ShardError(
+            f"{path} records input {marker.get('input')!r} with tokenizer "
+            f"{marker.get('tokenizer_hash')}, but this run has {input_name!r} with {tokenizer_hash}: "
+            "the output folder belongs to another run; use a fresh out_dir"
+        )
+    return marker
+
+
+def _run_jobs(jobs: list[_Job], tk: Tokenizer, workers: int) -> list[dict[str, Any]]:
+    if workers == 1 or len(jobs) <= 1:
+        return [tokenize_input(job, tk) for job in jobs]
+    ctx = mp.get_context("spawn")  # no fork: torch or tokenizers threads may live in the parent
+    init = (tk.to_str(), tk.specials, tk.family)
+    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=init) as pool:
+        return list(pool.imap_unordered(_run_worker_job, jobs))
+
+
+def tokenize(cfg: TokenizeConfig, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """Run ``cfg``: tokenize every unfinished input, then write each split's ``meta.json``.
+
+    Returns a summary: inputs processed and skipped, and tokens/documents per split.
+    """
+    tk = tokenizer or Tokenizer.from_file(cfg.tokenizer, cfg.family)
+    inputs = list_inputs(cfg.docs_dir)
+    out = Path(cfg.out_dir)
+    (out / MARKERS).mkdir(parents=True, exist_ok=True)
+    markers: dict[int, dict[str, Any]] = {}
+    jobs = []
+    for i, path in enumerate(inputs):
+        marker = _read_marker(out / MARKERS / f"{i:05d}.json", path.name, tk.hash)
+        if marker is not None:
+            markers[i] = marker
+            continue
+        jobs.append(
+            _Job(i, str(path), str(out), cfg.validation_fraction, cfg.split_salt, cfg.batch_docs)
+        )
+    skipped = len(markers)
+    start = time.perf_counter()
+    for marker in _run_jobs(jobs, tk, cfg.workers):
+        markers[marker["index"]] = marker
+    seconds = time.perf_counter() - start
+    summary: dict[str, Any] = {"processed": len(jobs), "skipped": skipped, "seconds": seconds}
+    for split in SPLITS:
+        infos = [ShardInfo(**markers[i]["splits"][split]) for i in sorted(markers)]
+        extra = {"split": split, "docs_dir": str(cfg.docs_dir), "num_inputs": len(inputs)}
+        meta = write_meta(out / split, infos, tk.describe(), extra)
+        summary[split] = {"tokens": meta["num_tokens"], "docs": meta["num_docs"]}
+    cfg.to_yaml(out / "config.yaml")
+    return summary
+
+
+def train_tokenizer(cfg: TrainTokenizerConfig) -> Tokenizer:
+    """Train the demo byte-level BPE on the documents of ``cfg.docs_dir`` and save it."""
+
+    def texts() -> Iterator[str]:
+        n = 0
+        for path in list_inputs(cfg.docs_dir):
+            for doc in read_documents(path):
+                if cfg.max_docs is not None and n >= cfg.max_docs:
+                    return
+                n += 1
+                yield doc.text
+
+    tk = train_bpe(texts(), cfg.vocab_size, min_frequency=cfg.min_frequency)
+    tk.save(cfg.out_dir)
+    cfg.to_yaml(Path(cfg.out_dir) / "train_config.yaml")
+    return tk

@@ -1,0 +1,227 @@
+"""A thin wrapper over Hugging Face ``tokenizers``: load, train, encode, decode, hash.
+
+The two model families ship byte-level BPE ``tokenizer.json`` files that ``tokenizers`` reads
+as they are; what differs is which special tokens mean what:
+
+* dots.llm1 (Qwen2 tokenizer): **no BOS**, EOS ``<|endoftext|>`` (151643 in the real file).
+* OLMoE (GPT-NeoX-derived): **no BOS**, EOS ``<|endoftext|>`` (50279), PAD ``<|padding|>`` (1).
+
+Special tokens are resolved by *string* (family defaults, overridden by a neighbouring
+``tokenizer_config.json``) and then looked up in the vocabulary, so a small test tokenizer with
+the same layout behaves like the real one. Pretraining text is encoded without the tokenizer's
+post-processor (no template BOS); a document becomes ``[bos?] + ids + [eos]``.
+
+``Tokenizer.hash`` is a content hash of the canonical tokenizer JSON plus the resolved special
+tokens. Every artifact made with a tokenizer records it, so shards made with one tokenizer are
+refused by a run configured with another.
+
+What this module does not know: documents, shards or models. It maps text to ids and back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+
+EOT = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Special-token strings of a family; ``None`` means the family has none."""
+
+    bos: str | None = None
+    eos: str | None = EOT
+    pad: str | None = None
+
+
+FAMILIES: dict[str, SpecialTokens] = {
+    # Qwen2 tokenizer as used by dots.llm1: bos_token null (model_spec §2.9).
+    "dots": SpecialTokens(bos=None, eos=EOT, pad=None),
+    # allenai/gpt-neox-olmo-dolma-v1_5: EOS 50279, PAD 1, id 0 is |||IP_ADDRESS||| (§3.7).
+    "olmoe": SpecialTokens(bos=None, eos=EOT, pad="<|padding|>"),
+    # The byte-level BPE trained for the demo by ``train_bpe``.
+    "demo": SpecialTokens(bos=None, eos=EOT, pad=None),
+}
+
+
+def _token_content(value: Any) -> str | None:
+    """tokenizer_config.json stores a special token as a string or as ``{"content": ...}``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise ValueError(f"cannot read a special token from {value!r}")
+
+
+def _read_config_specials(path: Path, base: SpecialTokens) -> SpecialTokens:
+    """Apply bos/eos/pad from a tokenizer_config.json over the family defaults."""
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    values = {}
+    for name in ("bos", "eos", "pad"):
+        key = f"{name}_token"
+        values[name] = _token_content(raw[key]) if key in raw else getattr(base, name)
+    return SpecialTokens(**values)
+
+
+def _saved_family(path: Path) -> str | None:
+    """The family that ``Tokenizer.save`` recorded, if any (None for foreign files)."""
+    try:
+        family = json.loads(path.read_text()).get("moelab_family")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return family if family in FAMILIES else None
+
+
+class Tokenizer:
+    """A ``tokenizers.Tokenizer`` plus resolved special-token ids and a content hash."""
+
+    def __init__(self, tokenizer: HFTokenizer, specials: SpecialTokens, family: str = "custom"):
+        self.hf = tokenizer
+        self.specials = specials
+        self.family = family
+        self.bos_id = self._lookup(specials.bos, "bos")
+        self.eos_id = self._lookup(specials.eos, "eos")
+        self.pad_id = self._lookup(specials.pad, "pad")
+        self.hash = self._content_hash()
+
+    def _lookup(self, token: str | None, role: str) -> int | None:
+        if token is None:
+            return None
+        token_id = self.hf.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{role} token {token!r} is not in the tokenizer's vocabulary")
+        return token_id
+
+    def _content_hash(self) -> str:
+        canonical = json.dumps(json.loads(self.hf.to_str()), sort_keys=True, ensure_ascii=False)
+        specials = json.dumps([self.specials.bos, self.specials.eos, self.specials.pad])
+        digest = hashlib.sha256((canonical + "\n" + specials).encode("utf-8")).hexdigest()
+        return f"sha256:{digest[:16]}"
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | Path, family: str | None = None) -> Tokenizer:
+        """Load ``tokenizer.json`` (a file, or a directory holding it).
+
+        Special tokens come from ``family`` (``dots``, ``olmoe``, ``demo``; default: EOS
+        ``<|endoftext|>``, no BOS), then from a ``tokenizer_config.json`` next to the file.
+        """
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer.json at {path}")
+        if family is not None and family not in FAMILIES:
+            raise ValueError(f"unknown tokenizer family {family!r} (known: {', '.join(FAMILIES)})")
+        config = file.parent / "tokenizer_config.json"
+        if family is None and config.is_file():
+            family = _saved_family(config)
+        specials = FAMILIES[family] if family else SpecialTokens()
+        if config.is_file():
+            specials = _read_config_specials(config, specials)
+        return cls(HFTokenizer.from_file(str(file)), specials, family or "custom")
+
+    @classmethod
+    def from_str(cls, text: str, specials: SpecialTokens, family: str = "custom") -> Tokenizer:
+        """Rebuild from ``to_str()`` output (how worker processes receive a tokenizer)."""
+        return cls(HFTokenizer.from_str(text), specials, family)
+
+    def to_str(self) -> str:
+        return self.hf.to_str()
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``tokenizer.json`` and a ``tokenizer_config.json`` naming the special tokens."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.hf.save(str(directory / "tokenizer.json"))
+        config = {
+            "bos_token": self.specials.bos,
+            "eos_token": self.specials.eos,
+            "pad_token": self.specials.pad,
+            "moelab_family": self.family,
+            "moelab_hash": self.hash,
+        }
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return directory
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer can emit, added tokens included."""
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without BOS/EOS or any template."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of many texts at once (``tokenizers`` batches in Rust, skipping offsets)."""
+        return [e.ids for e in self.hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def encode_documents(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of whole documents for pretraining: ``[bos?] + ids + [eos?]`` each."""
+        out = self.encode_batch(texts)
+        if self.bos_id is not None:
+            out = [[self.bos_id, *ids] for ids in out]
+        if self.eos_id is not None:
+            for ids in out:
+                ids.append(self.eos_id)
+        return out
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        """What artifacts record about the tokenizer that made them."""
+        return {
+            "hash": self.hash,
+            "family": self.family,
+            "vocab_size": self.vocab_size,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+        }
+
+
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: Sequence[str] = (EOT,),
+    min_frequency: int = 2,
+) -> Tokenizer:
+    """Train a byte-level BPE (GPT-2 style) on ``texts``; for the offline demo.
+
+    The 256 byte symbols are always in the vocabulary, so any text round-trips. The special
+    tokens get the first ids; ``<|endoftext|>`` is the EOS.
+    """
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(
+            f"vocab_size ({vocab_size}) must be >= 256 bytes + {len(special_tokens)} special tokens"
+        )
+    if EOT not in special_tokens:
+        raise ValueError(f"special_tokens must include the EOS {EOT!r}")
+    tk = HFTokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(tk, FAMILIES["demo"], family="demo")

@@ -1,0 +1,123 @@
+"""The trainer's loader: rows, document boundaries, determinism, rank sharding, exact resume."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moelab.tokens import packing
+from moelab.tokens.loader import TokenLoader
+from moelab.tokens.shards import ShardError, ShardWriter, write_meta
+
+EOS = 0
+
+
+@pytest.fixture()
+def shards(tmp_path: Path) -> Path:
+    """Three shards of documents whose tokens are 1..(len) and end with EOS 0."""
+    rng = np.random.default_rng(0)
+    infos = []
+    for i in range(3):
+        writer = ShardWriter(tmp_path, i)
+        docs = [list(range(1, int(n))) + [EOS] for n in rng.integers(2, 40, size=60)]
+        writer.write(docs)
+        infos.append(writer.close())
+    write_meta(tmp_path, infos, {"hash": "sha256:test", "vocab_size": 64})
+    return tmp_path
+
+
+def _batches(loader: TokenLoader, n: int) -> list:
+    return list(islice(iter(loader), n))
+
+
+def test_rows_are_the_stream_shifted_by_one(shards: Path) -> None:
+    loader = TokenLoader(shards, seq_len=16, batch_size=4, shuffle=False)
+    stream = loader.reader.read(0, loader.reader.num_tokens).astype(np.int64)
+    first = _batches(loader, 2)
+    inputs = np.concatenate([b.inputs for b in first]).reshape(-1)
+    np.testing.assert_array_equal(inputs, stream[: 8 * 16])
+    np.testing.assert_array_equal(first[0].targets[:, :-1], first[0].inputs[:, 1:])
+    np.testing.assert_array_equal(first[0].targets[0, -1], stream[16])
+    assert first[0].inputs.dtype == np.int64 and first[0].inputs.shape == (4, 16)
+
+
+def test_segments_and_positions_restart_after_each_eos(shards: Path) -> None:
+    loader = TokenLoader(shards, seq_len=32, batch_size=8, seed=3)
+    batch = next(iter(loader))
+    after_eos = np.zeros_like(batch.inputs, dtype=bool)
+    after_eos[:, 1:] = batch.inputs[:, :-1] == EOS
+    np.testing.assert_array_equal(np.diff(batch.segment_ids, axis=1), after_eos[:, 1:])
+    assert (batch.segment_ids[:, 0] == 0).all()
+    assert (batch.position_ids[after_eos] == 0).all()
+    # the documents count up from token 1, so where a document starts inside the row, position == token - 1
+    starts_here = after_eos
+    np.testing.assert_array_equal(batch.position_ids[starts_here], batch.inputs[starts_here] - 1)
+
+
+def test_hand_computed_segments() -> None:
+    ends = np.array([3, 5, 9])
+    np.testing.assert_array_equal(packing.segment_ids(ends, np.array([2]), 5), [[0, 1, 1, 2, 2]])
+    np.testing.assert_array_equal(packing.position_ids(ends, np.array([2]), 5), [[0, 0, 1, 0, 1]])
+    assert packing.num_rows(33, 16) == 2 and packing.num_rows(32, 16) == 1
+
+
+def test_same_seed_same_batches_other_seed_other_order(shards: Path) -> None:
+    a = _batches(TokenLoader(shards, seq_len=16, batch_size=4, seed=1), 5)
+    b = _batches(TokenLoader(shards, seq_len=16, batch_size=4, seed=1), 5)
+    c = _batches(TokenLoader(shards, seq_len=16, batch_size=4, seed=2), 5)
+    assert all((x.inputs == y.inputs).all() for x, y in zip(a, b, strict=True))
+    assert not all((x.inputs == y.inputs).all() for x, y in zip(a, c, strict=True))
+
+
+def test_ranks_split_each_global_batch_without_overlap(shards: Path) -> None:
+    loaders = [
+        TokenLoader(shards, seq_len=16, batch_size=3, seed=5, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    single = TokenLoader(shards, seq_len=16, batch_size=6, seed=5)
+    assert loaders[0].batches_per_epoch == loaders[1].batches_per_epoch == single.batches_per_epoch
+    for step in range(single.batches_per_epoch):
+        parts = [ld.rows_for(0, step) for ld in loaders]
+        assert not set(parts[0]) & set(parts[1])
+        np.testing.assert_array_equal(np.concatenate(parts), single.rows_for(0, step))
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "next-epoch"])
+def test_resume_equals_uninterrupted(shards: Path, where: str) -> None:
+    kwargs = {"seq_len": 64, "batch_size": 2, "seed": 7, "rank": 1, "world_size": 2}
+    first = TokenLoader(shards, **kwargs)
+    stop = 3 if where == "mid-epoch" else first.batches_per_epoch + 2
+    straight = _batches(TokenLoader(shards, **kwargs), first.batches_per_epoch + 6)
+    _batches(first, stop)
+    state = first.state_dict()
+    assert state["epoch"] == (0 if where == "mid-epoch" else 1)
+    resumed = TokenLoader(shards, **kwargs)
+    resumed.load_state_dict(state)
+    for want, got in zip(straight[stop:], _batches(resumed, 6), strict=False):
+        np.testing.assert_array_equal(want.inputs, got.inputs)
+        np.testing.assert_array_equal(want.targets, got.targets)
+        np.testing.assert_array_equal(want.segment_ids, got.segment_ids)
+
+
+def test_resume_refuses_other_settings(shards: Path) -> None:
+    state = TokenLoader(shards, seq_len=16, batch_size=4, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed=1.*seed=2"):
+        TokenLoader(shards, seq_len=16, batch_size=4, seed=2).load_state_dict(state)
+
+
+def test_torch_tensors_and_early_checks(shards: Path) -> None:
+    import torch
+
+    batch = next(iter(TokenLoader(shards, seq_len=16, batch_size=2, as_torch=True)))
+    assert batch.inputs.dtype == torch.int64 and batch.segment_ids.dtype == torch.int32
+    with pytest.raises(ShardError, match="does not fit"):
+        TokenLoader(shards, seq_len=16, batch_size=2, vocab_size=32)
+    with pytest.raises(ShardError, match="this run uses sha256:other"):
+        TokenLoader(shards, seq_len=16, batch_size=2, tokenizer_hash="sha256:other")
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        TokenLoader(shards, seq_len=4000, batch_size=2)
+    loader = TokenLoader(shards, seq_len=16, batch_size=4, max_epochs=1)
+    assert len(list(loader)) == loader.batches_per_epoch

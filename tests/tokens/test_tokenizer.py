@@ -1,0 +1,157 @@
+"""Tokenizer wrapper: round trips, family special tokens, hashes, and loading foreign layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from moelab.tokens.tokenizer import EOT, Tokenizer, train_bpe
+
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _corpus() -> list[str]:
+    words = "the of and router token shard naïve café 数据 😀 3.14 x=y+1".split()
+    return [
+        " ".join(words[(i * 7 + j) % len(words)] for j in range(i % 13 + 3)) for i in range(200)
+    ]
+
+
+def _byte_bpe(pre: pre_tokenizers.PreTokenizer, leading_specials: list[str]) -> HFTokenizer:
+    tk = HFTokenizer(models.BPE())
+    tk.pre_tokenizer = pre
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=350,
+        special_tokens=leading_specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(_corpus(), trainer=trainer)
+    return tk
+
+
+def _write(directory: Path, tk: HFTokenizer, config: dict | None) -> Path:
+    directory.mkdir(parents=True)
+    tk.save(str(directory / "tokenizer.json"))
+    if config is not None:
+        (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def qwen2_style(directory: Path) -> Path:
+    """dots.llm1 layout: Qwen2 regex split + byte level, NFC, specials after the vocab, no BOS."""
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tk = _byte_bpe(pre, [])
+    tk.normalizer = normalizers.NFC()
+    tk.add_special_tokens([EOT, "<|im_start|>", "<|im_end|>"])
+    config = {"bos_token": None, "eos_token": EOT, "pad_token": EOT}
+    return _write(directory, tk, config)
+
+
+def neox_style(directory: Path, with_config: bool) -> Path:
+    """OLMoE layout: |||IP_ADDRESS||| = 0, <|padding|> = 1, <|endoftext|> = the last id."""
+    tk = _byte_bpe(
+        pre_tokenizers.ByteLevel(add_prefix_space=False), ["|||IP_ADDRESS|||", "<|padding|>"]
+    )
+    tk.add_special_tokens([EOT])
+    config = (
+        {"bos_token": None, "eos_token": {"content": EOT}, "pad_token": "<|padding|>"}
+        if with_config
+        else None
+    )
+    return _write(directory, tk, config)
+
+
+SAMPLES = [
+    "Hello, world!",
+    "  leading spaces\tand tabs\n\nand blank lines  ",
+    "naïve café über 数据 専門家 😀🚀 never-seen-before: Ωμέγα ∑ 0x7f",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_trained_bpe_round_trips_any_text(demo_tokenizer: Tokenizer, text: str) -> None:
+    ids = demo_tokenizer.encode(text)
+    assert demo_tokenizer.decode(ids) == text
+    assert all(0 <= i < demo_tokenizer.vocab_size for i in ids)
+
+
+def test_documents_get_eos_and_no_bos(demo_tokenizer: Tokenizer) -> None:
+    docs = demo_tokenizer.encode_documents(["the router", "shard"])
+    assert demo_tokenizer.bos_id is None
+    assert [d[-1] for d in docs] == [demo_tokenizer.eos_id] * 2
+    assert docs[0][:-1] == demo_tokenizer.encode("the router")
+    assert demo_tokenizer.encode_batch(["a b", "c"]) == [
+        demo_tokenizer.encode("a b"),
+        demo_tokenizer.encode("c"),
+    ]
+
+
+def test_hash_survives_save_and_load_and_tracks_content(
+    tmp_path: Path, demo_tokenizer: Tokenizer, texts
+) -> None:
+    loaded = Tokenizer.from_file(demo_tokenizer.save(tmp_path / "tok"))
+    assert loaded.hash == demo_tokenizer.hash
+    assert loaded.family == "demo"
+    assert loaded.encode(SAMPLES[2]) == demo_tokenizer.encode(SAMPLES[2])
+    other = train_bpe(texts(300, seed=123), vocab_size=300)  # fewer merges
+    assert other.hash != demo_tokenizer.hash
+
+
+def test_dots_layout_loads_with_no_bos_and_endoftext_eos(tmp_path: Path) -> None:
+    tk = Tokenizer.from_file(qwen2_style(tmp_path / "dots"), family="dots")
+    assert tk.bos_id is None
+    # like 151643, just before the ChatML tags
+    assert tk.eos_id == tk.hf.token_to_id(EOT) == tk.vocab_size - 3
+    ids = tk.encode_documents([SAMPLES[2]])[0]
+    assert ids[-1] == tk.eos_id
+    assert tk.decode(ids[:-1]) == SAMPLES[2]
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_olmoe_layout_has_eos_last_and_pad_one(tmp_path: Path, with_config: bool) -> None:
+    tk = Tokenizer.from_file(
+        neox_style(tmp_path / "olmoe", with_config) / "tokenizer.json", "olmoe"
+    )
+    assert tk.eos_id == tk.vocab_size - 1  # like 50279, the last real id
+    assert tk.pad_id == 1
+    assert tk.hf.id_to_token(0) == "|||IP_ADDRESS|||"
+    assert tk.bos_id is None
+    assert tk.decode(tk.encode(SAMPLES[1])) == SAMPLES[1]
+
+
+def test_special_tokens_change_the_hash(tmp_path: Path) -> None:
+    path = neox_style(tmp_path / "olmoe", with_config=False)
+    assert Tokenizer.from_file(path, "olmoe").hash != Tokenizer.from_file(path, "dots").hash
+
+
+def test_missing_special_token_is_a_clear_error(tmp_path: Path) -> None:
+    tk = _byte_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), [])
+    path = _write(tmp_path / "noeos", tk, None)
+    with pytest.raises(ValueError, match="eos token '<\\|endoftext\\|>' is not in"):
+        Tokenizer.from_file(path, "dots")
+    with pytest.raises(ValueError, match="unknown tokenizer family"):
+        Tokenizer.from_file(path, "llama")
+    with pytest.raises(FileNotFoundError):
+        Tokenizer.from_file(tmp_path / "nowhere")
+
+
+def test_train_bpe_rejects_impossible_sizes() -> None:
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_bpe(["abc"], vocab_size=100)
+    with pytest.raises(ValueError, match="must include the EOS"):
+        train_bpe(["abc"], vocab_size=300, special_tokens=("<pad>",))
