@@ -35,11 +35,18 @@ def _info(args: argparse.Namespace) -> int:
     cfg = load_model_config(args.source, args.overrides)
     total, active = cfg.num_params(), cfg.num_active_params()
     if args.json:
-        print(json.dumps({"config": cfg.to_dict(), "num_params": total, "num_active_params": active}, indent=2))
+        print(
+            json.dumps(
+                {"config": cfg.to_dict(), "num_params": total, "num_active_params": active},
+                indent=2,
+            )
+        )
         return 0
     print(cfg.to_yaml().rstrip())
-    print(f"# parameters: {total:,} total, {active:,} active per token "
-          f"({total / 1e9:.3f}B / {active / 1e9:.3f}B)")
+    print(
+        f"# parameters: {total:,} total, {active:,} active per token "
+        f"({total / 1e9:.3f}B / {active / 1e9:.3f}B)"
+    )
     return 0
 
 

@@ -45,10 +45,13 @@ class AttentionConfig(Config):
         kv = self.num_kv_heads
         if kv is not None and (kv < 1 or self.num_heads % kv):
             raise ConfigError(
-                f"{path}.num_kv_heads", f"({kv}) must be >= 1 and divide num_heads ({self.num_heads})"
+                f"{path}.num_kv_heads",
+                f"({kv}) must be >= 1 and divide num_heads ({self.num_heads})",
             )
         if self.head_dim is not None and (self.head_dim < 2 or self.head_dim % 2):
-            raise ConfigError(f"{path}.head_dim", f"must be a positive even number, got {self.head_dim}")
+            raise ConfigError(
+                f"{path}.head_dim", f"must be a positive even number, got {self.head_dim}"
+            )
         if self.rope_theta <= 0:
             raise ConfigError(f"{path}.rope_theta", f"must be > 0, got {self.rope_theta}")
         if self.clip_qkv is not None and self.clip_qkv <= 0:
@@ -91,9 +94,13 @@ class MoEConfig(Config):
         if self.num_experts < 1:
             raise bad("num_experts", f"must be >= 1, got {self.num_experts}")
         if not 1 <= self.top_k <= self.num_experts:
-            raise bad("top_k", f"({self.top_k}) must be between 1 and num_experts ({self.num_experts})")
+            raise bad(
+                "top_k", f"({self.top_k}) must be between 1 and num_experts ({self.num_experts})"
+            )
         if self.expert_intermediate_size < 1:
-            raise bad("expert_intermediate_size", f"must be >= 1, got {self.expert_intermediate_size}")
+            raise bad(
+                "expert_intermediate_size", f"must be >= 1, got {self.expert_intermediate_size}"
+            )
         if self.num_shared_experts < 0:
             raise bad("num_shared_experts", f"must be >= 0, got {self.num_shared_experts}")
         if self.first_k_dense_replace < 0:
@@ -101,7 +108,9 @@ class MoEConfig(Config):
         if self.n_group < 1 or self.num_experts % self.n_group:
             raise bad("n_group", f"({self.n_group}) must divide num_experts ({self.num_experts})")
         if not 1 <= self.topk_group <= self.n_group:
-            raise bad("topk_group", f"({self.topk_group}) must be between 1 and n_group ({self.n_group})")
+            raise bad(
+                "topk_group", f"({self.topk_group}) must be between 1 and n_group ({self.n_group})"
+            )
         if self.n_group > 1:
             per_group = self.num_experts // self.n_group
             if per_group < 2:
@@ -130,7 +139,8 @@ class ModelConfig(Config):
     init_std: float = 0.02
     """Std of the normal init of every matrix (dots.llm1 used 0.006, OLMoE 0.02 truncated at 3σ)."""
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    """End-of-sequence id(s); a list when several ids stop generation."""
     pad_token_id: int | None = None
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
@@ -184,9 +194,10 @@ class ModelConfig(Config):
         if self.rms_norm_eps <= 0:
             raise bad("rms_norm_eps", f"must be > 0, got {self.rms_norm_eps}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            tok = getattr(self, name)
-            if tok is not None and not 0 <= tok < self.vocab_size:
-                raise bad(name, f"({tok}) must be in [0, vocab_size={self.vocab_size})")
+            value = getattr(self, name)
+            for tok in value if isinstance(value, list) else [value]:
+                if tok is not None and not 0 <= tok < self.vocab_size:
+                    raise bad(name, f"({tok}) must be in [0, vocab_size={self.vocab_size})")
 
     # -- parameter counts ------------------------------------------------------------------
     def _attention_params(self) -> int:

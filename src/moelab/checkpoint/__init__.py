@@ -1,0 +1,1 @@
+"""The contract between training and everything after it: checkpoint formats and HF interop."""

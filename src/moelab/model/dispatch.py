@@ -1,0 +1,60 @@
+"""Token dispatch for dropless token-choice MoE: the seam expert parallelism replaces.
+
+``dispatch`` sorts the T·K (token, slot) assignments by expert so each expert's tokens are one
+contiguous block, and returns the per-expert counts that define the blocks. ``combine`` undoes
+the permutation, multiplies each expert output by its routing weight and sums over the K slots.
+
+The combine matches transformers' grouped_mm experts path bit for bit: the product
+``expert_out * weight`` takes the wider of the two dtypes (fp32 for dots, whose weights are fp32),
+the K products are summed with ``sum(dim=1)`` and cast once to the activation dtype.
+
+An all-to-all dispatcher for expert parallelism implements the same two methods; the
+experts only ever see (sorted tokens, counts).
+
+Shapes: T tokens, K top_k, S = T*K assignments, D hidden, E experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DispatchState:
+    """What ``combine`` needs to undo ``dispatch``."""
+
+    order_S: torch.Tensor
+    """Assignment index (t*K + k) of each sorted row."""
+    weights_TK: torch.Tensor
+    num_tokens: int
+    top_k: int
+    out_dtype: torch.dtype
+
+
+class LocalDispatcher:
+    """Single-device dispatch: a stable sort by expert id, no communication."""
+
+    def __init__(self, num_experts: int):
+        self.num_experts = num_experts
+
+    def dispatch(
+        self, x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, DispatchState]:
+        """Return (x_SD sorted by expert, tokens_per_expert_E, state for combine)."""
+        T, K = expert_ids_TK.shape
+        flat_ids = expert_ids_TK.reshape(-1)
+        order = torch.argsort(flat_ids, stable=True)
+        x_sorted_SD = x_TD[order // K]
+        counts_E = torch.zeros(self.num_experts, dtype=torch.int64, device=x_TD.device)
+        counts_E.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
+        return x_sorted_SD, counts_E, DispatchState(order, weights_TK, T, K, x_TD.dtype)
+
+    def combine(self, y_SD: torch.Tensor, state: DispatchState) -> torch.Tensor:
+        """Weighted sum over each token's K expert outputs, in the original token order."""
+        y_unsorted = torch.empty_like(y_SD)
+        y_unsorted[state.order_S] = y_SD
+        y_TKD = y_unsorted.view(state.num_tokens, state.top_k, -1)
+        weighted = y_TKD * state.weights_TK.unsqueeze(-1)
+        return weighted.sum(dim=1).to(state.out_dtype)

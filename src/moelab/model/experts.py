@@ -1,0 +1,79 @@
+"""Routed experts as stacked weights, run as one grouped GEMM (or a per-expert loop).
+
+Weights use transformers 5.x's fused in-memory layout, so conversion to and from the
+per-expert files on disk is a stack/split:
+
+* ``gate_up_proj``: (E, 2F, D), rows [0, F) are the gate projection, [F, 2F) the up projection;
+* ``down_proj``: (E, D, F), nn.Linear orientation, so ``y = h @ down_proj[e].T``.
+
+``torch.nn.functional.grouped_mm`` (torch >= 2.10; ``torch._grouped_mm`` before) runs all
+experts in one call on CPU and CUDA. It needs int32 cumulative offsets and 16-byte-aligned
+row strides; when a shape or dtype doesn't allow it the loop runs instead, and tests check
+the two give the same result. The loop is also the reference implementation.
+
+Shapes: S sorted assignments, D hidden, F expert width, E experts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+_GROUPED_DTYPES = {torch.float32, torch.bfloat16, torch.float16}
+
+
+def grouped_mm_supported(x: torch.Tensor, *widths: int) -> bool:
+    """Whether one grouped GEMM can run for this input dtype and these row widths."""
+    if _grouped_mm is None or x.dtype not in _GROUPED_DTYPES:
+        return False
+    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 8:
+        return False
+    return all((w * x.element_size()) % 16 == 0 for w in widths)
+
+
+class GroupedExperts(nn.Module):
+    def __init__(self, num_experts: int, dim: int, hidden: int, impl: str = "grouped_mm"):
+        super().__init__()
+        self.num_experts, self.dim, self.hidden = num_experts, dim, hidden
+        self.impl = impl
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * hidden, dim))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, dim, hidden))
+
+    def forward(self, x_SD: torch.Tensor, tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
+        """x_SD holds each expert's tokens contiguously, in expert order, counts given per expert."""
+        device_type = x_SD.device.type
+        if torch.is_autocast_enabled(device_type):
+            # grouped_mm is not autocast-aware: run it in the autocast dtype ourselves.
+            x_SD = x_SD.to(torch.get_autocast_dtype(device_type))
+        if self.impl == "grouped_mm" and grouped_mm_supported(
+            x_SD, self.dim, 2 * self.hidden, self.hidden
+        ):
+            return self._forward_grouped(x_SD, tokens_per_expert_E)
+        return self._forward_loop(x_SD, tokens_per_expert_E)
+
+    def _forward_grouped(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        offsets = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
+        w_up = self.gate_up_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, D, 2F), a view
+        h_S2F = _grouped_mm(x_SD, w_up, offs=offsets)
+        gate, up = h_S2F.chunk(2, dim=-1)
+        h_SF = (F.silu(gate) * up).contiguous()
+        w_down = self.down_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, F, D)
+        return _grouped_mm(h_SF, w_down, offs=offsets)
+
+    def _forward_loop(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        out = x_SD.new_empty(x_SD.shape[0], self.dim)
+        start = 0
+        for e, n in enumerate(counts_E.tolist()):
+            if n == 0:
+                continue
+            rows = x_SD[start : start + n]
+            w_up, w_down = self.gate_up_proj[e].to(rows.dtype), self.down_proj[e].to(rows.dtype)
+            gate, up = F.linear(rows, w_up).chunk(2, dim=-1)
+            out[start : start + n] = F.linear(F.silu(gate) * up, w_down)
+            start += n
+        return out
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, dim={self.dim}, hidden={self.hidden}, impl={self.impl}"
