@@ -17,7 +17,9 @@ from moelab.config import ConfigError
 
 # name -> module providing add_parser(subparsers). Order is the order shown in --help.
 STAGE_COMMANDS: dict[str, str] = {
+    "demo": "moelab.commands.demo",
     "model": "moelab.commands.model",
+    "tokens": "moelab.commands.tokens",
 }
 
 
@@ -51,4 +53,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-    "tokens": "moelab.commands.tokens",

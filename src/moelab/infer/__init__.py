@@ -1,0 +1,1 @@
+"""Stage 4a: checkpoint → tokens → text. Generation knows nothing about tokenization."""
