@@ -1,0 +1,217 @@
+"""Tokenize-to-shards throughput against a bare ``tokenizers`` loop, and loader rows/s.
+
+    python benchmarks/tokenize.py [--docs 8000] [--chars 2000] [--files 8] [--vocab 4096]
+
+What it measures, on a generated corpus (Zipf-distributed pseudo-words with punctuation,
+digits, newlines and some non-ASCII, written as ``.jsonl.gz`` like a data stage's output):
+
+* baseline: ``Tokenizer.encode_batch_fast`` over the same texts already in memory, batches of
+  512, one thread (``TOKENIZERS_PARALLELISM=false``), ids only;
+* ``moelab tokens tokenize`` end to end (read gzip JSONL, encode, split, write shards and
+  markers) with 1 worker (in process) and 2 worker processes;
+* the loader: shuffled rows of 2048+1 tokens, batch 8, with segment and position ids;
+* if the model code is importable: the tiny-olmoe preset's CPU training tokens/s (forward +
+  backward at seq 256), to state the loader's margin over the consumer.
+
+Goals (issue 5): 1 worker >= 0.9x the baseline per core; 2 workers >= 1.8x; loader >= 100x the
+tiny model's training tokens/s. Prints a table and writes ``benchmarks/results/tokenize.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# This file's name shadows the standard library's `tokenize` (which `inspect` and `linecache`
+# import): take the script's folder off the import path before anything imports it.
+sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0])]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: a per-core comparison
+
+import numpy as np  # noqa: E402
+
+from moelab.data.document import Document, read_documents, write_documents  # noqa: E402
+from moelab.tokens.config import TokenizeConfig  # noqa: E402
+from moelab.tokens.loader import TokenLoader  # noqa: E402
+from moelab.tokens.pipeline import list_inputs, tokenize  # noqa: E402
+from moelab.tokens.tokenizer import Tokenizer, train_bpe  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "tokenize.json"
+
+
+def make_corpus(n_docs: int, chars: int, seed: int = 0) -> list[str]:
+    """Zipfian pseudo-words from a 20k-word lexicon, sentences, paragraphs; ~``chars`` each."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlcumwfgypbvkjxqz"))
+    weights = 1.0 / np.arange(1, 27)
+    lexicon = [
+        "".join(rng.choice(letters, size=rng.integers(1, 11), p=weights / weights.sum()))
+        for _ in range(20_000)
+    ]
+    lexicon[:6] = ["café", "naïve", "数据", "über", "2024", "3.14"]
+    zipf = 1.0 / np.arange(1, len(lexicon) + 1)
+    zipf /= zipf.sum()
+    texts = []
+    for _ in range(n_docs):
+        words = rng.choice(len(lexicon), size=chars // 6, p=zipf)
+        out, since = [], 0
+        for w in words:
+            out.append(lexicon[w])
+            since += 1
+            if since > rng.integers(8, 20):
+                out[-1] += "." if rng.random() < 0.8 else ",\n"
+                since = 0
+        texts.append(" ".join(out))
+    return texts
+
+
+def bare_loop(tk: Tokenizer, texts: list[str], batch: int = 512) -> tuple[float, int]:
+    """Seconds and tokens for ``encode_batch_fast`` over ``texts`` (ids materialised)."""
+    start, tokens = time.perf_counter(), 0
+    for i in range(0, len(texts), batch):
+        for enc in tk.hf.encode_batch_fast(texts[i : i + batch], add_special_tokens=False):
+            tokens += len(enc.ids)
+    return time.perf_counter() - start, tokens
+
+
+def run_pipeline(docs: Path, tok: Path, out: Path, workers: int) -> tuple[float, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = TokenizeConfig.from_dict(
+        {"docs_dir": str(docs), "out_dir": str(out), "tokenizer": str(tok), "workers": workers}
+    )
+    start = time.perf_counter()
+    summary = tokenize(cfg)
+    return time.perf_counter() - start, summary["train"]["tokens"] + summary["validation"]["tokens"]
+
+
+def loader_rate(shards: Path, seconds: float = 3.0) -> float:
+    loader = TokenLoader(shards, seq_len=2048, batch_size=8, seed=0)
+    rows, start = 0, time.perf_counter()
+    for batch in loader:
+        rows += len(batch.inputs)
+        if time.perf_counter() - start > seconds:
+            break
+    return rows / (time.perf_counter() - start)
+
+
+def tiny_model_tokens_per_s(vocab: int, steps: int = 3) -> float | None:
+    """CPU training tokens/s of the tiny-olmoe preset, or None if the model code is absent."""
+    try:
+        import torch
+
+        from moelab.model.presets import PRESETS
+        from moelab.model.transformer import build_model
+    except ImportError:
+        return None
+    cfg = PRESETS["tiny-olmoe"]()
+    cfg.vocab_size = max(cfg.vocab_size, vocab)
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, cfg.vocab_size, (8, 257))
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        logits = model(x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - start)
+    return 8 * 256 / float(np.median(times[1:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--docs", type=int, default=8000)
+    ap.add_argument("--chars", type=int, default=2000)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs each")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="moelab-bench-tok-"))
+    texts = make_corpus(args.docs, args.chars)
+    per = -(-len(texts) // args.files)
+    docs = work / "docs"
+    docs.mkdir()
+    for f in range(args.files):
+        chunk = texts[f * per : (f + 1) * per]
+        write_documents(
+            docs / f"{f:05d}.jsonl.gz",
+            (Document(id=f"d{f}-{i}", text=t) for i, t in enumerate(chunk)),
+        )
+    start = time.perf_counter()
+    tk = train_bpe(texts[:2000], vocab_size=args.vocab)
+    train_s = time.perf_counter() - start
+    tok = tk.save(work / "tok")
+    on_disk = [d.text for p in list_inputs(docs) for d in read_documents(p)]
+    n_bytes = sum(len(t.encode()) for t in on_disk)
+
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[tuple[float, int]]] = {"bare": [], "one": [], "two": []}
+    for _ in range(args.repeats):  # interleaved, best of n: the machine may be shared
+        runs["bare"].append(bare_loop(tk, on_disk))
+        runs["one"].append(run_pipeline(docs, tok, work / "out1", 1))
+        runs["two"].append(run_pipeline(docs, tok, work / "out2", 2))
+    (base_s, base_tokens), (one_s, one_tokens), (two_s, two_tokens) = (
+        min(runs[k]) for k in ("bare", "one", "two")
+    )
+    eos = len(on_disk)
+    if not one_tokens == two_tokens == base_tokens + eos:
+        raise RuntimeError(f"token counts differ: {base_tokens}+{eos}, {one_tokens}, {two_tokens}")
+    rows_s = loader_rate(work / "out1" / "train")
+    model_tps = tiny_model_tokens_per_s(tk.vocab_size)
+
+    base_tps = base_tokens / base_s
+    rows = [
+        ("bare encode_batch_fast, 1 thread", base_s, base_tps, 1.0),
+        ("moelab tokenize, 1 worker", one_s, one_tokens / one_s, (one_tokens / one_s) / base_tps),
+        ("moelab tokenize, 2 workers", two_s, two_tokens / two_s, (two_tokens / two_s) / base_tps),
+    ]
+    loader_tps = rows_s * 2048
+    result = {
+        "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "platform": platform.platform(),
+        "load_average_before": round(load_before, 2),
+        "repeats_best_of": args.repeats,
+        "command": "python benchmarks/tokenize.py " + " ".join(sys.argv[1:]),
+        "corpus": {"docs": len(on_disk), "bytes": n_bytes, "files": args.files},
+        "tokenizer": {"vocab_size": tk.vocab_size, "train_seconds_2000_docs": round(train_s, 2)},
+        "tokenize": {
+            name: {"seconds": round(s, 3), "tokens_per_s": round(tps), "ratio_vs_bare": round(r, 3)}
+            for name, s, tps, r in rows
+        },
+        "goals": {"1_worker_ratio": 0.9, "2_worker_ratio": 1.8, "loader_vs_tiny_model": 100},
+        "loader": {
+            "rows_per_s": round(rows_s, 1),
+            "seq_len": 2048,
+            "tokens_per_s": round(loader_tps),
+        },
+        "tiny_model_train_tokens_per_s": round(model_tps, 1) if model_tps else None,
+        "loader_vs_tiny_model": round(loader_tps / model_tps, 1) if model_tps else None,
+    }
+    print(f"corpus: {len(on_disk)} docs, {n_bytes / 1e6:.1f} MB, vocab {tk.vocab_size}")
+    print(f"{'':36} {'seconds':>8} {'tokens/s':>12} {'vs bare':>8}")
+    for name, s, tps, r in rows:
+        print(f"{name:36} {s:8.2f} {tps:12,.0f} {r:8.2f}x")
+    print(f"loader (seq 2048, batch 8): {rows_s:,.0f} rows/s = {loader_tps:,.0f} tokens/s")
+    if model_tps:
+        print(
+            f"tiny-olmoe CPU training: {model_tps:,.0f} tokens/s -> loader margin {loader_tps / model_tps:,.0f}x"
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
