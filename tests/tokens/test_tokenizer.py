@@ -101,6 +101,15 @@ def test_documents_get_eos_and_no_bos(demo_tokenizer: Tokenizer) -> None:
     ]
 
 
+def test_special_token_strings_in_text_stay_text(demo_tokenizer: Tokenizer) -> None:
+    text = "a page quoting <|endoftext|> in its body"
+    ids = demo_tokenizer.encode_documents([text])[0]
+    assert ids.count(demo_tokenizer.eos_id) == 1 and ids[-1] == demo_tokenizer.eos_id
+    assert demo_tokenizer.decode(ids[:-1]) == text
+    assert demo_tokenizer.eos_id in demo_tokenizer.encode(text, parse_special=True)
+    assert demo_tokenizer.eos_id not in demo_tokenizer.encode(text)
+
+
 def test_hash_survives_save_and_load_and_tracks_content(
     tmp_path: Path, demo_tokenizer: Tokenizer, texts
 ) -> None:

@@ -9,7 +9,9 @@ as they are; what differs is which special tokens mean what:
 Special tokens are resolved by *string* (family defaults, overridden by a neighbouring
 ``tokenizer_config.json``) and then looked up in the vocabulary, so a small test tokenizer with
 the same layout behaves like the real one. Pretraining text is encoded without the tokenizer's
-post-processor (no template BOS); a document becomes ``[bos?] + ids + [eos]``.
+post-processor (no template BOS); a document becomes ``[bos?] + ids + [eos]``, and a special
+token's string inside the text (a web page quoting ``<|endoftext|>``) stays plain text, so the
+only EOS ids in a shard are the document ends.
 
 ``Tokenizer.hash`` is a content hash of the canonical tokenizer JSON plus the resolved special
 tokens. Every artifact made with a tokenizer records it, so shards made with one tokenizer are
@@ -87,6 +89,9 @@ class Tokenizer:
 
     def __init__(self, tokenizer: HFTokenizer, specials: SpecialTokens, family: str = "custom"):
         self.hf = tokenizer
+        # Web text that happens to contain "<|endoftext|>" must not become an EOS id: special
+        # tokens in text are encoded as ordinary text unless a caller asks otherwise.
+        self.hf.encode_special_tokens = True
         self.specials = specials
         self.family = family
         self.bos_id = self._lookup(specials.bos, "bos")
@@ -161,9 +166,19 @@ class Tokenizer:
         """Number of ids the tokenizer can emit, added tokens included."""
         return self.hf.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without BOS/EOS or any template."""
-        return self.hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text`` without BOS/EOS or any template.
+
+        ``parse_special=True`` maps special-token strings in ``text`` to their ids (for chat
+        templates); by default they are encoded as plain text, as pretraining data must be.
+        """
+        if not parse_special:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        self.hf.encode_special_tokens = False
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        finally:
+            self.hf.encode_special_tokens = True
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids of many texts at once (``tokenizers`` batches in Rust, skipping offsets)."""
