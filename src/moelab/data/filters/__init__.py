@@ -1,0 +1,1 @@
+"""Document filters: each drops a document with a named reason."""

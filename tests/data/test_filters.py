@@ -1,0 +1,136 @@
+"""Filters: inline text in, the expected reason out (or kept)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moelab.data.config import QualityConfig
+from moelab.data.document import Document
+from moelab.data.extract import Extract
+from moelab.data.filters.language import LanguageFilter
+from moelab.data.filters.quality import QualityFilter
+from moelab.data.filters.url import UrlFilter, read_list
+from moelab.data.step import StepContext, StepStats
+from moelab.data.synth.text import chinese_paragraph, english_sentences, other_language_paragraph
+
+
+def _run(step, docs):
+    ctx = StepContext(0, 1, StepStats(step.name))
+    dropped = []
+    ctx.sink = lambda d, r: dropped.append((d.id, r))
+    kept = list(step.run(docs, ctx))
+    return kept, dict(dropped)
+
+
+def _prose(n: int = 24, seed: int = 0) -> str:
+    s = english_sentences()
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(s), size=n, replace=False)
+    return "\n".join(" ".join(s[i] for i in idx[k : k + 4]) for k in range(0, n, 4))
+
+
+def test_url_filter_blocks_domains_subdomains_and_exact_urls(tmp_path):
+    lst = tmp_path / "domains.txt"
+    lst.write_text("# comment\nbad.example.com\n")
+    f = UrlFilter(read_list(lst), {"https://ok.org/spam/page.html"})
+    docs = [
+        Document("a", "t", url="https://bad.example.com/x"),
+        Document("b", "t", url="http://www.news.bad.example.com/y?q=1"),
+        Document("c", "t", url="https://notbad.example.com/"),
+        Document("d", "t", url="https://OK.org/spam/page.html"),
+        Document("e", "t", url="https://ok.org/spam/other.html"),
+        Document("f", "t", url=None),
+    ]
+    kept, dropped = _run(f, docs)
+    assert [d.id for d in kept] == ["c", "e", "f"]
+    assert dropped == {"a": "blocked_domain", "b": "blocked_domain", "d": "blocked_url"}
+
+
+def test_language_filter_keeps_en_zh_and_names_the_reason():
+    rng = np.random.default_rng(0)
+    docs = [
+        Document("en", _prose()),
+        Document("zh", chinese_paragraph(rng, 5)),
+        Document("fr", other_language_paragraph(rng, "French", 5)),
+        Document("junk", "asdf qwer zxcv 1234 !!!"),
+    ]
+    kept, dropped = _run(LanguageFilter(), docs)
+    assert [d.id for d in kept] == ["en", "zh"]
+    assert kept[0].metadata["language"] == "en" and kept[0].metadata["language_score"] >= 0.65
+    assert dropped == {"fr": "language_not_kept", "junk": "low_confidence"}
+    kept, _ = _run(LanguageFilter(languages=["fr"]), [Document("fr", docs[2].text)])
+    assert [d.id for d in kept] == ["fr"]
+
+
+def test_extract_keeps_the_article_and_drops_navigation():
+    body = _prose()
+    html = (
+        "<html><body><nav><ul><li><a href='/'>Home</a></li><li><a>World News Section</a></li></ul></nav>"
+        f"<article><h1>A title</h1>{''.join(f'<p>{p}</p>' for p in body.split(chr(10)))}</article>"
+        "<footer>Copyright 2024 Example Corp. All rights reserved.</footer></body></html>"
+    )
+    docs = [
+        Document("page", html, metadata={"format": "html"}),
+        Document("plain", "already text", metadata={"format": "text"}),
+        Document("empty", "<html><body></body></html>", metadata={"format": "html"}),
+    ]
+    kept, dropped = _run(Extract(), docs)
+    assert [d.id for d in kept] == ["page", "plain"]
+    assert body.split("\n")[2] in kept[0].text
+    assert "World News Section" not in kept[0].text and "All rights reserved" not in kept[0].text
+    assert kept[1].text == "already text"
+    assert dropped == {"empty": "no_main_text"}
+
+
+def test_quality_keeps_prose():
+    kept, dropped = _run(QualityFilter(), [Document("ok", _prose())])
+    assert [d.id for d in kept] == ["ok"], dropped
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Short text with few words.", "gopher_qual:too_few_words"),
+        (("buy cheap pills now " * 60).strip() + ".", "gopher_rep:top_2gram"),
+        ("\n".join(["The same line repeats here and again."] * 10), "gopher_rep:dup_line_frac"),
+        (" ".join(f"#t{i}" for i in range(40)) + " " + _prose(8), "gopher_qual:symbol_word_ratio"),
+        (
+            " ".join(["supercalifragilisticexpialidocious"] * 3)
+            + " "
+            + " ".join(f"extraordinarilylongword{i}" for i in range(60)),
+            "gopher_qual:avg_word_length",
+        ),
+        ("Lorem ipsum dolor sit amet. " + _prose(8), "c4:lorem_ipsum"),
+        ("function f() { return 1; } " + _prose(8), "c4:curly_bracket"),
+    ],
+)
+def test_quality_rules_name_their_reason(text, reason):
+    assert QualityFilter().check(Document("x", text)) == reason
+
+
+def test_quality_fineweb_rules_when_c4_is_off():
+    q = QualityFilter(QualityConfig(c4=False))
+    no_punct = "\n".join(s.rstrip(".!?") for s in english_sentences()[:60])
+    assert q.check(Document("x", no_punct)) == "fineweb:line_punct_ratio"
+    dup_line = _prose(24) + "\nSubscribe to our newsletter for updates today.\n" + _prose(24, 1)
+    dup_line += "\nSubscribe to our newsletter for updates today."
+    assert q.check(Document("y", dup_line)) == "fineweb:char_dup_ratio"
+
+
+def test_quality_c4_removes_policy_and_javascript_lines():
+    text = (
+        _prose(20)
+        + "\nPlease enable JavaScript to view the comments.\nRead our privacy policy here."
+    )
+    doc = Document("x", text)
+    assert QualityFilter().check(doc) is None
+    assert "JavaScript" not in doc.text and "privacy policy" not in doc.text
+
+
+def test_quality_skips_word_rules_for_chinese():
+    rng = np.random.default_rng(1)
+    doc = Document(
+        "zh", "\n".join(chinese_paragraph(rng, 4) for _ in range(4)), metadata={"language": "zh"}
+    )
+    assert QualityFilter().check(doc) is None
