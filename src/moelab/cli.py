@@ -19,6 +19,7 @@ from moelab.config import ConfigError
 STAGE_COMMANDS: dict[str, str] = {
     "demo": "moelab.commands.demo",
     "model": "moelab.commands.model",
+    "data": "moelab.commands.data",
     "tokens": "moelab.commands.tokens",
 }
 

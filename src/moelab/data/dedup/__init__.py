@@ -1,0 +1,1 @@
+"""Dedup passes: exact (MD5 of the dots normalisation), line-level, MinHash-LSH."""
