@@ -63,17 +63,20 @@ class GroupedExperts(nn.Module):
         return _grouped_mm(h_SF, w_down, offs=offsets)
 
     def _forward_loop(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        out = x_SD.new_empty(x_SD.shape[0], self.dim)
-        start = 0
-        for e, n in enumerate(counts_E.tolist()):
-            if n == 0:
+        # Outputs are concatenated, not written into a preallocated tensor: slice assignment
+        # makes autograd copy the whole gradient once per expert in the backward pass.
+        # unbind (not [e]) so the backward stacks the weight gradients once, instead of
+        # materialising a full-size zero gradient per expert.
+        w_ups, w_downs = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        outs = []
+        for e, rows in enumerate(x_SD.split(counts_E.tolist())):
+            if rows.shape[0] == 0:
+                outs.append(rows.new_empty(0, self.dim))
                 continue
-            rows = x_SD[start : start + n]
-            w_up, w_down = self.gate_up_proj[e].to(rows.dtype), self.down_proj[e].to(rows.dtype)
+            w_up, w_down = w_ups[e].to(rows.dtype), w_downs[e].to(rows.dtype)
             gate, up = F.linear(rows, w_up).chunk(2, dim=-1)
-            out[start : start + n] = F.linear(F.silu(gate) * up, w_down)
-            start += n
-        return out
+            outs.append(F.linear(F.silu(gate) * up, w_down))
+        return torch.cat(outs)
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, dim={self.dim}, hidden={self.hidden}, impl={self.impl}"

@@ -1,0 +1,60 @@
+"""The command line: `moelab model info`, config errors, and the demo at tiny size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moelab.cli import main
+from moelab.model import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_model_info_json(capsys):
+    assert main(["model", "info", "dots.llm1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_params"] == 142_774_373_888
+    assert info["num_active_params"] == 14_016_581_120
+    assert info["config"]["moe"]["routed_scaling_factor"] == 2.5
+
+
+def test_model_info_yaml_with_override(capsys):
+    assert main(["model", "info", str(ROOT / "configs/model/tiny_olmoe.yaml"), "moe.top_k=2"]) == 0
+    out = capsys.readouterr().out
+    assert "top_k: 2" in out and "# parameters:" in out
+
+
+def test_config_error_exits_2_with_field(capsys):
+    assert main(["model", "info", "tiny-dots", "moe.top_k=99"]) == 2
+    assert "moe.top_k: (99) must be between 1 and num_experts (16)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs/model").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_model_configs_load_and_count(path):
+    cfg = ModelConfig.from_yaml(path)
+    assert cfg.num_params() > cfg.num_active_params() > 0
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from moelab.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The README's main job at reduced size: fits, generates through the cache, exports."""
+    code = main(["demo", "--out", str(tmp_path), "--steps", "30", "--new-tokens", "8"])
+    assert code == 0
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["loss_last"] < summary["loss_first"] - 1.0
+    assert summary["generation_cache_matches_recompute"]
+    assert summary["export"]["moelab_reload_max_abs_diff"] == 0.0
+    assert summary["export"]["transformers_max_abs_diff"] < 1e-4
+    assert (tmp_path / "hf" / "config.json").exists()
