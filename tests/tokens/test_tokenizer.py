@@ -133,14 +133,24 @@ def test_dots_layout_loads_with_no_bos_and_endoftext_eos(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("with_config", [True, False])
 def test_olmoe_layout_has_eos_last_and_pad_one(tmp_path: Path, with_config: bool) -> None:
-    tk = Tokenizer.from_file(
-        neox_style(tmp_path / "olmoe", with_config) / "tokenizer.json", "olmoe"
-    )
+    # with a tokenizer_config.json the special tokens are read from it; without, from the family
+    path = neox_style(tmp_path / "olmoe", with_config) / "tokenizer.json"
+    tk = Tokenizer.from_file(path, None if with_config else "olmoe")
     assert tk.eos_id == tk.vocab_size - 1  # like 50279, the last real id
     assert tk.pad_id == 1
     assert tk.hf.id_to_token(0) == "|||IP_ADDRESS|||"
     assert tk.bos_id is None
     assert tk.decode(tk.encode(SAMPLES[1])) == SAMPLES[1]
+
+
+def test_named_family_wins_over_an_instruct_config(tmp_path: Path) -> None:
+    path = qwen2_style(tmp_path / "dots")
+    config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": None}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert Tokenizer.from_file(path).eos_id == Tokenizer.from_file(path).hf.token_to_id(
+        "<|im_end|>"
+    )
+    assert Tokenizer.from_file(path, "dots").eos_id == Tokenizer.from_file(path).hf.token_to_id(EOT)
 
 
 def test_special_tokens_change_the_hash(tmp_path: Path) -> None:

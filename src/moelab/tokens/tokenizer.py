@@ -6,8 +6,8 @@ as they are; what differs is which special tokens mean what:
 * dots.llm1 (Qwen2 tokenizer): **no BOS**, EOS ``<|endoftext|>`` (151643 in the real file).
 * OLMoE (GPT-NeoX-derived): **no BOS**, EOS ``<|endoftext|>`` (50279), PAD ``<|padding|>`` (1).
 
-Special tokens are resolved by *string* (family defaults, overridden by a neighbouring
-``tokenizer_config.json``) and then looked up in the vocabulary, so a small test tokenizer with
+Special tokens are resolved by *string* (the family's, or else a neighbouring
+``tokenizer_config.json``'s) and then looked up in the vocabulary, so a small test tokenizer with
 the same layout behaves like the real one. Pretraining text is encoded without the tokenizer's
 post-processor (no template BOS); a document becomes ``[bos?] + ids + [eos]``, and a special
 token's string inside the text (a web page quoting ``<|endoftext|>``) stays plain text, so the
@@ -119,8 +119,11 @@ class Tokenizer:
     def from_file(cls, path: str | Path, family: str | None = None) -> Tokenizer:
         """Load ``tokenizer.json`` (a file, or a directory holding it).
 
-        Special tokens come from ``family`` (``dots``, ``olmoe``, ``demo``; default: EOS
-        ``<|endoftext|>``, no BOS), then from a ``tokenizer_config.json`` next to the file.
+        Special tokens are those of ``family`` (``dots``, ``olmoe``, ``demo``) when one is named
+        or was saved by ``save``; otherwise those of a ``tokenizer_config.json`` next to the
+        file; otherwise EOS ``<|endoftext|>`` and no BOS. A named family wins over the config
+        because instruct releases change eos/bos there (``<|endofresponse|>``, an OLMoE BOS)
+        while pretraining documents must end in ``<|endoftext|>``.
         """
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
@@ -131,9 +134,12 @@ class Tokenizer:
         config = file.parent / "tokenizer_config.json"
         if family is None and config.is_file():
             family = _saved_family(config)
-        specials = FAMILIES[family] if family else SpecialTokens()
-        if config.is_file():
-            specials = _read_config_specials(config, specials)
+        if family is not None:
+            specials = FAMILIES[family]
+        elif config.is_file():
+            specials = _read_config_specials(config, SpecialTokens())
+        else:
+            specials = SpecialTokens()
         return cls(HFTokenizer.from_file(str(file)), specials, family or "custom")
 
     @classmethod
