@@ -11,6 +11,7 @@ import pytest
 from moelab.cli import main
 from moelab.data.document import read_documents
 from moelab.tokens.config import TokenizeConfig
+from moelab.tokens.loader import TokenLoader
 from moelab.tokens.pipeline import SPLITS, split_of, tokenize
 from moelab.tokens.shards import ShardError, ShardReader
 from moelab.tokens.tokenizer import Tokenizer
@@ -53,6 +54,9 @@ def test_every_document_lands_once_in_its_split(tmp_path, docs_factory, tokenize
         assert reader.meta.extra["tokenizer"]["eos_id"] == tk.eos_id
     assert 0 < len(expected["validation"]) < len(expected["train"])
     assert summary["processed"] == 3 and summary["skipped"] == 0
+    loader = TokenLoader(tmp_path / "out" / "train", 32, 4, tokenizer_hash=tk.hash, shuffle=False)
+    stream = [t for ids in expected["train"] for t in ids]
+    assert next(iter(loader)).inputs[0].tolist() == stream[:32]  # the trainer reads these shards
 
 
 def test_split_depends_only_on_the_id() -> None:
