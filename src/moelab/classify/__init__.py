@@ -2,6 +2,7 @@
 
 ``ngram`` (CPU classifier), ``base`` (the interface; transformers backend; loading),
 ``steps`` (page type, quality, category), ``clutter`` (line scoring and removal),
-``rebalance`` (category resampling), ``train`` (labelled JSONL → model + report).
+``rebalance`` (category resampling), ``semantic`` (optional embedding dedup), ``train``
+(labelled JSONL → model + report), ``commands`` (``train-classifier``).
 Imports only ``moelab.common``, ``moelab.config`` and ``moelab.data.document``.
 """
