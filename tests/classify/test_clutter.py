@@ -59,3 +59,28 @@ def test_step_removes_clutter_lines_and_drops_pages_that_are_mostly_clutter() ->
     assert ctx.dropped[0][0].id == "junk" and ctx.dropped[0][1] == "clutter>0.50"
     assert ctx.dropped[0][0].text.startswith("Home | About")  # the exclusion writer sees it whole
     assert ctx.stats.counters["clutter_lines_removed"] == 4
+
+
+def test_train_classifier_clutter_kind_reports_both_scorers(tmp_path, capsys) -> None:
+    import json
+
+    from moelab.classify.commands import main
+    from moelab.data.document import write_documents
+
+    pages = clutter_docs(300, seed=3)
+    docs = [
+        Document(
+            f"p{i}",
+            "\n".join(line for line, _ in page),
+            metadata={"clutter_lines": [int(bad) for _, bad in page]},
+        )
+        for i, page in enumerate(pages)
+    ]
+    write_documents(tmp_path / "lines.jsonl", docs)
+    args = [f"docs={tmp_path / 'lines.jsonl'}", f"out_dir={tmp_path / 'm'}", "kind=clutter"]
+    overrides = ["label_field=clutter_lines", "holdout_fraction=0.3", "model.dim=65536"]
+    assert main(["train-classifier", *args, *overrides]) == 0
+    f1 = json.loads(capsys.readouterr().out)["heldout_line_f1"]
+    assert f1["learned"] >= f1["heuristic"] + 5
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["heldout_docs"] > 50

@@ -22,13 +22,14 @@ def _run(args: argparse.Namespace) -> int:
     else:
         cfg = TrainClassifierConfig.from_dict({}, items)
     report = train_classifier(cfg)
-    print(
-        json.dumps(
-            {k: report[k] for k in ("labels", "train_docs", "hash")}
-            | {"heldout_accuracy": round(report["heldout"]["accuracy"], 2)},
-            indent=2,
-        )
-    )
+    summary = {k: report[k] for k in ("labels", "train_docs", "hash")}
+    if "heldout" in report:
+        summary["heldout_accuracy"] = round(report["heldout"]["accuracy"], 2)
+    else:
+        summary["heldout_line_f1"] = {
+            k: round(v["f1"], 2) for k, v in report["heldout_line_f1"].items()
+        }
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,8 +31,11 @@ class TrainClassifierConfig(Config):
     docs: str = ""
     """A labelled ``.jsonl``/``.jsonl.gz`` file or a folder of them."""
     out_dir: str = ""
+    kind: Literal["document", "clutter"] = "document"
+    """``document``: one label per document. ``clutter``: a line model; ``metadata[label_field]``
+    is a list with one 0/1 (1 = clutter) per line of the text."""
     label_field: str = "label"
-    """``metadata`` key holding each document's label."""
+    """``metadata`` key holding each document's label (or line labels)."""
     holdout_fraction: float = 0.1
     model: NgramConfig = field(default_factory=NgramConfig)
 
@@ -96,8 +99,54 @@ def evaluate(model: NgramClassifier, texts: list[str], gold: list[str]) -> dict[
     }
 
 
+def _line_docs(path: str, label_field: str) -> list[tuple[Document, list[tuple[str, bool]]]]:
+    out = []
+    for file in _files(Path(path)):
+        for doc in read_documents(file):
+            lines, gold = doc.text.split("\n"), doc.metadata.get(label_field)
+            if not isinstance(gold, list) or len(gold) != len(lines):
+                raise ValueError(
+                    f"{file}: document {doc.id} needs metadata[{label_field!r}] with one 0/1 "
+                    f"per line ({len(lines)} lines)"
+                )
+            out.append((doc, [(line, bool(g)) for line, g in zip(lines, gold, strict=True)]))
+    return out
+
+
+def train_clutter(cfg: TrainClassifierConfig) -> dict[str, Any]:
+    """Train the learned line scorer; report its held-out line F1 next to the heuristic's."""
+    from moelab.classify.clutter import HeuristicLineScorer, LearnedLineScorer, line_f1
+
+    data = _line_docs(cfg.docs, cfg.label_field)
+    train = [lines for d, lines in data if not _held_out(d.id, cfg.holdout_fraction)]
+    test = [lines for d, lines in data if _held_out(d.id, cfg.holdout_fraction)]
+    start = time.perf_counter()
+    scorer = LearnedLineScorer.train(train, cfg.model)
+    report = {
+        "labels": scorer.model.labels,
+        "train_docs": len(train),
+        "train_seconds": time.perf_counter() - start,
+        "heldout_docs": len(test),
+        "heldout_line_f1": {
+            "learned": line_f1(scorer, test),
+            "heuristic": line_f1(HeuristicLineScorer(), test),
+        },
+    }
+    return _save(scorer.model, report, cfg)
+
+
+def _save(model: NgramClassifier, report: dict[str, Any], cfg: TrainClassifierConfig) -> dict:
+    out = model.save(cfg.out_dir)
+    report["hash"] = model.content_hash()
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    cfg.to_yaml(out / "config.yaml")
+    return report
+
+
 def train_classifier(cfg: TrainClassifierConfig) -> dict[str, Any]:
     """Train, evaluate on the held-out share, save model and ``report.json``; return the report."""
+    if cfg.kind == "clutter":
+        return train_clutter(cfg)
     data = load_labelled(cfg.docs, cfg.label_field)
     train = [(d.text, y) for d, y in data if not _held_out(d.id, cfg.holdout_fraction)]
     test = [(d.text, y) for d, y in data if _held_out(d.id, cfg.holdout_fraction)]
@@ -110,8 +159,4 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict[str, Any]:
         "train_seconds": time.perf_counter() - start,
         "heldout": evaluate(model, [t for t, _ in test], [y for _, y in test]),
     }
-    out = model.save(cfg.out_dir)
-    report["hash"] = model.content_hash()
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    cfg.to_yaml(out / "config.yaml")
-    return report
+    return _save(model, report, cfg)
