@@ -127,3 +127,25 @@ def test_minhash_passes_remove_near_duplicates_only(tmp_path, backend):
     assert len(outputs) == 1, "the same documents survive for any sharding"
     work = tmp_path / "w3"
     assert (work / "buckets" / "band_000.npy").exists() and (work / "clusters.npz").exists()
+
+
+def test_batch_shingles_do_not_depend_on_the_batch():
+    from moelab.data.dedup.shingles import batch_shingles, token_text
+    from moelab.data.normalize import dots_normalize
+
+    texts = [
+        "One two, three four five six!",
+        "",
+        "short one",
+        "Tabs\tand\nnew  lines here ok",
+        "中文文本的测试，我们今天去北京大学看看。",
+        "Ünïcödé wörds arë normalised too, yes indeed.",
+    ]
+    for t in texts:
+        assert tokenize(t) == dots_normalize(t).split() or "\u4e00" <= t[:1] <= "\u9fff"
+    flat, offsets = batch_shingles([token_text(t) for t in texts])
+    for i, t in enumerate(texts):
+        alone = np.unique(batch_shingles([token_text(t)])[0])
+        assert np.array_equal(np.unique(flat[offsets[i] : offsets[i + 1]]), alone)
+        assert np.array_equal(alone, shingle_hashes(tokenize(t)))
+    assert offsets[2] - offsets[1] == 0 and offsets[3] - offsets[2] == 1

@@ -185,13 +185,19 @@ class Pipeline:
         if self.done(phase, kind, shard):
             return
         start = time.time()
-        if kind == "scan":
-            assert shard is not None
-            self.phases[phase].global_step.scan(
-                self._input_docs(phase, shard, None), shard, self.work_dir(phase)
-            )
-        elif kind == "reduce":
-            self.phases[phase].global_step.reduce(self.work_dir(phase), self.num_shards)
+        ph = self.phases[phase]
+        if kind in ("scan", "reduce"):
+            if kind == "scan":
+                assert shard is not None
+                ph.global_step.scan(
+                    self._input_docs(phase, shard, None), shard, self.work_dir(phase)
+                )
+            else:
+                ph.global_step.reduce(self.work_dir(phase), self.num_shards)
+            st = StepStats(ph.global_step.name, seconds=time.time() - start)
+            name = kind if shard is None else f"{kind}_{shard:05d}"
+            record = {"phase": ph.name, "steps": [{"step": ph.global_dir, **st.to_dict()}]}
+            atomic_write_json(self.run_dir / "stats" / ph.name / f"{name}.json", record)
         else:
             assert shard is not None
             self._run_map(phase, shard, start)
@@ -213,6 +219,7 @@ class Pipeline:
         stats: list[tuple[str, StepStats]] = []
         steps: list[Step] = []
         contexts: list[StepContext] = []
+        read_stats = None
         if phase == 0:
             read_stats = StepStats("read")
             read_stats_ctx = StepContext(
@@ -232,7 +239,7 @@ class Pipeline:
             contexts.append(StepContext(shard, self.num_shards, st, removed.sink_for(step_dir)))
         writer = AtomicJsonlWriter(self.docs_path(phase, shard), self.cfg.compression_level)
         try:
-            for doc in chain_steps(docs, steps, contexts):
+            for doc in chain_steps(docs, steps, contexts, read_stats):
                 writer.write(doc)
         except BaseException:
             writer.abort()

@@ -11,6 +11,7 @@ modified documents); they are JSON-serialisable and merge by addition across sha
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -135,11 +136,38 @@ def counted(docs: Iterable[Document], stats: StepStats, side: str) -> Iterator[D
             yield doc
 
 
+def _timed(docs: Iterable[Document], clock: list[float]) -> Iterator[Document]:
+    """Pass documents through, adding the time spent producing each one to ``clock[0]``."""
+    it = iter(docs)
+    while True:
+        start = time.perf_counter()
+        try:
+            doc = next(it)
+        except StopIteration:
+            clock[0] += time.perf_counter() - start
+            return
+        clock[0] += time.perf_counter() - start
+        yield doc
+
+
 def chain_steps(
-    docs: Iterable[Document], steps: list[Step], contexts: list[StepContext]
+    docs: Iterable[Document],
+    steps: list[Step],
+    contexts: list[StepContext],
+    source_stats: StepStats | None = None,
 ) -> Iterator[Document]:
-    """Wire ``steps`` one after another, counting documents in and out of each."""
-    stream: Iterable[Document] = docs
-    for step, ctx in zip(steps, contexts, strict=True):
-        stream = counted(step.run(counted(stream, ctx.stats, "in"), ctx), ctx.stats, "out")
-    return iter(stream)
+    """Wire ``steps`` one after another, counting documents in and out of each.
+
+    Each step's ``seconds`` is its own time: the time spent pulling its output minus the time
+    spent pulling its input (a generator chain interleaves, so wall time per step needs this).
+    """
+    clocks = [[0.0] for _ in range(len(steps) + 1)]
+    stream: Iterable[Document] = _timed(docs, clocks[0])
+    for i, (step, ctx) in enumerate(zip(steps, contexts, strict=True)):
+        inner = counted(step.run(counted(stream, ctx.stats, "in"), ctx), ctx.stats, "out")
+        stream = _timed(inner, clocks[i + 1])
+    yield from stream
+    for i, ctx in enumerate(contexts):
+        ctx.stats.seconds += clocks[i + 1][0] - clocks[i][0]
+    if source_stats is not None:
+        source_stats.seconds += clocks[0][0]

@@ -30,9 +30,10 @@ from moelab.data.dedup.base import DropByIndex, GlobalStep
 from moelab.data.dedup.shingles import (
     NumpyMinHash,
     band_keys,
+    batch_shingles,
     rensa_signatures,
-    shingle_hashes,
-    tokenize,
+    rensa_signatures_flat,
+    token_text,
 )
 from moelab.data.document import Document
 from moelab.data.step import Step
@@ -50,7 +51,7 @@ class MinHashDedup(GlobalStep):
         return self.cfg.num_bands * self.cfg.rows_per_band
 
     def signatures(self, shingle_sets: list[np.ndarray]) -> np.ndarray:
-        """(docs, num_perm) signatures with the configured backend."""
+        """(docs, num_perm) signatures of per-document shingle sets, with the chosen backend."""
         if self.cfg.backend == "numpy":
             if self._numpy is None:
                 self._numpy = NumpyMinHash(self.num_perm, self.cfg.seed)
@@ -59,10 +60,14 @@ class MinHashDedup(GlobalStep):
 
     def doc_band_keys(self, texts: list[str]) -> np.ndarray:
         """(docs, bands) LSH keys of raw texts: normalise, tokenise, shingle, sign, band."""
-        shingles = [
-            shingle_hashes(tokenize(t, self.cfg.zh_tokenizer), self.cfg.ngram) for t in texts
-        ]
-        return band_keys(self.signatures(shingles), self.cfg.num_bands, self.cfg.rows_per_band)
+        tokens = [token_text(t, self.cfg.zh_tokenizer) for t in texts]
+        flat, offsets = batch_shingles(tokens, self.cfg.ngram)
+        if self.cfg.backend == "rensa":
+            sig = rensa_signatures_flat(flat, offsets, self.num_perm, self.cfg.seed)
+        else:
+            parts = np.split(flat, offsets[1:-1].astype(np.int64))
+            sig = self.signatures([np.unique(p) for p in parts])
+        return band_keys(sig, self.cfg.num_bands, self.cfg.rows_per_band)
 
     # --- pass 1: signatures -------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ Two signature backends:
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
-import xxhash
 
 from moelab.data.normalize import dots_normalize
 
@@ -27,8 +28,20 @@ _MULT = np.uint64(0x9E3779B97F4A7C15)
 _CJK = __import__("re").compile(r"[\u3400-\u9fff]")
 
 
+_ASCII_PUNCT = {c: None for c in range(128) if unicodedata.category(chr(c)).startswith("P")}
+_ASCII_TOKEN_TEXT = {**_ASCII_PUNCT, 10: 32}
+"""Punctuation removed and newlines made spaces: batch_shingles separates documents by newline."""
+_IS_SPACE = np.zeros(256, dtype=bool)
+_IS_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+"""The bytes ``str.split()`` splits ASCII text on."""
+_POLY = np.uint64(0x100000001B3)
+_POWERS: list[np.ndarray] = [np.ones(1, np.uint64), np.ones(1, np.uint64)]
+
+
 def tokenize(text: str, zh_tokenizer: str = "jieba") -> list[str]:
     """Words of the dots-normalised text; jieba (or rjieba, or characters) when it has Chinese."""
+    if text.isascii():  # NFD is the identity on ASCII and \p{P} is a fixed set: a fast path
+        return text.translate(_ASCII_PUNCT).lower().split()
     norm = dots_normalize(text)
     if not _CJK.search(norm):
         return norm.split()
@@ -44,20 +57,92 @@ def tokenize(text: str, zh_tokenizer: str = "jieba") -> list[str]:
     return [t for t in jieba.lcut(norm) if not t.isspace()]
 
 
-def shingle_hashes(words: list[str], n: int = 5) -> np.ndarray:
-    """Distinct 64-bit hashes of the word n-grams (one n-gram of all words if fewer than n)."""
-    if not words:
-        return np.zeros(0, dtype=np.uint64)
-    h = np.fromiter(
-        (xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in words), np.uint64, len(words)
-    )
-    k = min(n, len(h))
-    m = len(h) - k + 1
-    key = np.zeros(m, dtype=np.uint64)
+def _fmix(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: spreads every input bit over the output."""
     with np.errstate(over="ignore"):
-        for j in range(k):
-            key = key * _MULT + h[j : j + m]
-    return np.unique(key)
+        x = x ^ (x >> np.uint64(33))
+        x = x * np.uint64(0xFF51AFD7ED558CCD)
+        x = x ^ (x >> np.uint64(33))
+        x = x * np.uint64(0xC4CEB9FE1A85EC53)
+        return x ^ (x >> np.uint64(33))
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^i and P^-i (mod 2^64) for i < n; P is odd so it is invertible mod 2^64."""
+    if len(_POWERS[0]) < n:
+        size = max(n, 2 * len(_POWERS[0]))
+        inv = np.uint64(pow(int(_POLY), -1, 1 << 64))
+        with np.errstate(over="ignore"):
+            fwd = np.cumprod(np.full(size, _POLY, dtype=np.uint64))
+            bwd = np.cumprod(np.full(size, inv, dtype=np.uint64))
+        _POWERS[0] = np.r_[np.ones(1, np.uint64), fwd[:-1]]
+        _POWERS[1] = np.r_[np.ones(1, np.uint64), bwd[:-1]]
+    return _POWERS[0], _POWERS[1]
+
+
+def batch_shingles(token_texts: list[str], n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Word n-gram hashes of many documents at once: (flat hashes, row offsets).
+
+    Each input is a document's tokens separated by whitespace other than newlines (what
+    :func:`token_text` gives); newlines separate the documents in the batch buffer.
+    Words are hashed by a polynomial over their UTF-8 bytes (prefix sums, so the whole batch is a
+    few numpy operations), n-grams by combining n word hashes; a document with fewer than n words
+    has one shingle of all its words, an empty one none. Duplicates are kept: a MinHash minimum
+    does not change with them, and dropping them would cost a sort per document.
+    """
+    if any("\n" in t for t in token_texts):
+        raise ValueError("token texts must not contain newlines (use token_text())")
+    buf = np.frombuffer("\n".join(token_texts).encode("utf-8"), dtype=np.uint8)
+    docs = len(token_texts)
+    padded = np.zeros(len(buf) + 2, dtype=np.int8)
+    padded[1:-1] = ~_IS_SPACE[buf]
+    edges = np.diff(padded)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    doc_breaks = np.flatnonzero(buf == 10)
+    word_doc = np.searchsorted(doc_breaks, starts)
+    fwd, inv = _powers(len(buf) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(buf) + 1, dtype=np.uint64)
+        np.cumsum(buf.astype(np.uint64) * fwd[: len(buf)], out=prefix[1:])
+        raw = (prefix[ends] - prefix[starts]) * inv[starts]
+        words = _fmix(raw ^ (ends - starts).astype(np.uint64))
+    counts = np.bincount(word_doc, minlength=docs)
+    m = len(words) - n + 1
+    keys = np.zeros(max(m, 0), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            keys = keys * _MULT + words[j : j + max(m, 0)]
+    valid = word_doc[: max(m, 0)] == word_doc[n - 1 : n - 1 + max(m, 0)]
+    keys, key_doc = _fmix(keys[valid]), word_doc[: max(m, 0)][valid]
+    short = np.flatnonzero((counts > 0) & (counts < n))
+    if len(short):
+        first = np.r_[0, np.cumsum(counts)[:-1]]
+        extra = []
+        with np.errstate(over="ignore"):
+            for d in short:
+                k = np.uint64(0)
+                for w in words[first[d] : first[d] + counts[d]]:
+                    k = k * _MULT + w
+                extra.append(k)
+        keys = np.r_[keys, _fmix(np.array(extra, dtype=np.uint64))]
+        key_doc = np.r_[key_doc, short]
+        order = np.argsort(key_doc, kind="stable")
+        keys, key_doc = keys[order], key_doc[order]
+    offsets = np.r_[0, np.cumsum(np.bincount(key_doc, minlength=docs))].astype(np.uint64)
+    return keys, offsets
+
+
+def token_text(text: str, zh_tokenizer: str = "jieba") -> str:
+    """A document's tokens, space-separated (ASCII text is only stripped and lower-cased)."""
+    if text.isascii():
+        return text.translate(_ASCII_TOKEN_TEXT).lower()
+    return " ".join(tokenize(text, zh_tokenizer))
+
+
+def shingle_hashes(words: list[str], n: int = 5) -> np.ndarray:
+    """Distinct n-gram hashes of one document's words (the same hashes as the batch path)."""
+    keys, _ = batch_shingles([" ".join(words)], n)
+    return np.unique(keys)
 
 
 def _mulmod61(a: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -109,19 +194,92 @@ class NumpyMinHash:
 
 def rensa_signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
     """(docs, num_perm) uint32 R-MinHash signatures from rensa, one Rust call per batch."""
-    import rensa
-
     if not shingle_sets:
         return np.zeros((0, num_perm), dtype=np.uint32)
-    sizes = np.array([max(len(s), 1) for s in shingle_sets], dtype=np.uint64)
-    flat = np.concatenate([s if len(s) else np.zeros(1, np.uint64) for s in shingle_sets])
-    offsets = np.zeros(len(sizes) + 1, dtype=np.uint64)
-    np.cumsum(sizes, out=offsets[1:])
+    sizes = np.array([len(s) for s in shingle_sets], dtype=np.uint64)
+    offsets = np.r_[np.zeros(1, np.uint64), np.cumsum(sizes)].astype(np.uint64)
+    flat = np.concatenate(shingle_sets).astype(np.uint64)
+    return rensa_signatures_flat(flat, offsets, num_perm, seed)
+
+
+def rensa_signatures_flat(
+    flat: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
+) -> np.ndarray:
+    """Signatures of rows ``flat[offsets[i]:offsets[i+1]]``; an empty row hashes one 0 token."""
+    import rensa
+
+    rows = len(offsets) - 1
+    if rows <= 0:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    sizes = np.diff(offsets.astype(np.int64))
+    if (sizes == 0).any():
+        parts = np.split(flat, offsets[1:-1].astype(np.int64))
+        parts = [p if len(p) else np.zeros(1, np.uint64) for p in parts]
+        flat = np.concatenate(parts)
+        offsets = np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.uint64)
+    flat = np.ascontiguousarray(flat, dtype=np.uint64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.uint64)
     matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, num_perm, seed)
-    out = np.empty((len(shingle_sets), num_perm), dtype=np.uint32)
+    return matrix_to_numpy(matrix, rows, num_perm)
+
+
+_RENSA_LAYOUT: list = []  # [word index of the data pointer] once probed, [None] if unusable
+
+
+def _rensa_buffer_word(matrix, n: int) -> int | None:
+    """Word index of the row-major ``Vec<u32>`` pointer inside a rensa digest-matrix object.
+
+    rensa 0.5 exposes the matrix only as Python lists (``to_rows``), which costs more than the
+    sketch itself at 2,048 values. Its object holds a Rust ``Vec`` laid out as (capacity, pointer,
+    length) with length = rows × num_perm; we find that triple in the object's own memory.
+    """
+    import ctypes
+
+    words = list((ctypes.c_uint64 * (type(matrix).__basicsize__ // 8)).from_address(id(matrix)))
+    for i in range(1, len(words) - 1):
+        if words[i + 1] == n and words[i - 1] >= n and words[i] > 4096:
+            return i
+    return None
+
+
+def matrix_to_numpy(matrix, rows: int, num_perm: int) -> np.ndarray:
+    """Copy a rensa digest matrix into numpy: directly from its buffer when the layout was
+    verified against ``to_rows()`` on a probe in this process, else through ``to_rows()``."""
+    import ctypes
+
+    if not _RENSA_LAYOUT:
+        _RENSA_LAYOUT.append(_probe_rensa_layout())
+    word = _RENSA_LAYOUT[0]
+    n = rows * num_perm
+    if word is not None and rows > 0:
+        words = (ctypes.c_uint64 * (type(matrix).__basicsize__ // 8)).from_address(id(matrix))
+        if words[word + 1] == n and words[word - 1] >= n:
+            raw = ctypes.string_at(words[word], n * 4)
+            return np.frombuffer(raw, dtype=np.uint32).reshape(rows, num_perm).copy()
+    out = np.empty((rows, num_perm), dtype=np.uint32)
     for i, row in enumerate(matrix.to_rows()):
         out[i] = row
     return out
+
+
+def _probe_rensa_layout() -> int | None:
+    import rensa
+
+    rng = np.random.default_rng(0)
+    for rows, perm in ((3, 16), (5, 48)):
+        flat = rng.integers(0, 2**63, size=rows * 40, dtype=np.uint64)
+        offsets = np.arange(0, rows * 40 + 1, 40, dtype=np.uint64)
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, perm, 7)
+        word = _rensa_buffer_word(matrix, rows * perm)
+        if word is None:
+            return None
+        import ctypes
+
+        words = (ctypes.c_uint64 * (type(matrix).__basicsize__ // 8)).from_address(id(matrix))
+        got = np.frombuffer(ctypes.string_at(words[word], rows * perm * 4), dtype=np.uint32)
+        if not np.array_equal(got.reshape(rows, perm), np.array(matrix.to_rows(), np.uint32)):
+            return None
+    return word
 
 
 def band_keys(signatures: np.ndarray, num_bands: int, rows: int) -> np.ndarray:
@@ -129,7 +287,11 @@ def band_keys(signatures: np.ndarray, num_bands: int, rows: int) -> np.ndarray:
     n = len(signatures)
     if signatures.shape[1] < num_bands * rows:
         raise ValueError(f"signature has {signatures.shape[1]} values, need {num_bands * rows}")
-    sig = signatures[:, : num_bands * rows].astype(np.uint64).reshape(n, num_bands, rows)
+    sig = np.ascontiguousarray(signatures[:, : num_bands * rows])
+    if sig.dtype == np.uint32 and rows % 2 == 0:  # two 32-bit values per 64-bit word
+        sig = sig.view(np.uint64)
+        rows //= 2
+    sig = sig.astype(np.uint64, copy=False).reshape(n, num_bands, rows)
     key = np.zeros((n, num_bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for r in range(rows):
