@@ -121,3 +121,16 @@ def test_torch_tensors_and_early_checks(shards: Path) -> None:
         TokenLoader(shards, seq_len=4000, batch_size=2)
     loader = TokenLoader(shards, seq_len=16, batch_size=4, max_epochs=1)
     assert len(list(loader)) == loader.batches_per_epoch
+
+
+def test_document_mask_blocks_attention_across_documents() -> None:
+    import torch
+
+    seg = np.array([[0, 0, 1, 1, 1, 2]])
+    mask = packing.document_causal_mask(seg)[0]
+    assert mask[1, 0] and not mask[0, 1]  # causal inside a document
+    assert not mask[2, 1] and mask[4, 2] and not mask[5, 4]  # nothing crosses a boundary
+    assert mask.sum() == 3 + 6 + 1
+    np.testing.assert_array_equal(
+        packing.document_causal_mask(torch.from_numpy(seg)).numpy()[0], mask
+    )

@@ -9,7 +9,7 @@ For optional document masking, ``segment_ids`` numbers the documents inside each
 document the row starts in) and ``position_ids`` restarts at 0 where a document starts; a
 trainer builds a block-diagonal causal mask from ``segment_ids``. A token belongs to the
 document whose end (exclusive) is the first one above its position, so an EOS belongs to the
-document it ends.
+document it ends. ``document_causal_mask`` turns segment ids into the (B, T, T) mask.
 
 What this module does not know: files, shuffling or ranks. It is pure index arithmetic on
 numpy arrays. (BOS-aligned best-fit packing is not implemented.)
@@ -56,3 +56,18 @@ def position_ids(doc_ends: np.ndarray, starts: np.ndarray, length: int) -> np.nd
     padded = np.concatenate([[0], doc_ends])
     doc_start = np.maximum(padded[global_doc], starts[:, None])
     return (positions - doc_start).astype(np.int32)
+
+
+def document_causal_mask(segment_ids: np.ndarray) -> np.ndarray:
+    """Block-diagonal causal mask: token i may attend to j iff j <= i and same document.
+
+    Shape: (B, T) segment ids → (B, T, T) bool. Works on torch tensors too (same operators).
+    """
+    same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
+    t = segment_ids.shape[1]
+    causal = np.tril(np.ones((t, t), dtype=bool))
+    if not isinstance(segment_ids, np.ndarray):  # a torch tensor
+        import torch
+
+        causal = torch.from_numpy(causal).to(segment_ids.device)
+    return same_doc & causal
