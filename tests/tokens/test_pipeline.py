@@ -104,9 +104,13 @@ def test_resume_after_a_crash_finishes_without_duplicates(
     again = tokenize(_cfg(docs_dir, out, tokenizer_dir))
     assert (again["processed"], again["skipped"]) == (0, 4)
     assert again["train"] == summary["train"]
+    (docs_dir / "00004.jsonl").write_text("{not json\n")  # a new input that fails
+    with pytest.raises(ValueError):
+        tokenize(_cfg(docs_dir, out, tokenizer_dir))
+    assert not (out / "train" / "meta.json").exists()  # never a meta.json over a changing folder
 
 
-def test_rerun_with_another_tokenizer_is_refused(
+def test_rerun_with_another_tokenizer_or_split_is_refused(
     tmp_path, docs_factory, tokenizer_dir, texts
 ) -> None:
     from moelab.tokens.tokenizer import train_bpe
@@ -116,6 +120,8 @@ def test_rerun_with_another_tokenizer_is_refused(
     other = train_bpe(texts(50, seed=9), vocab_size=300).save(tmp_path / "other")
     with pytest.raises(ShardError, match="belongs to another run"):
         tokenize(_cfg(docs_dir, tmp_path / "out", other))
+    with pytest.raises(ShardError, match="'validation_fraction': 0.5"):
+        tokenize(_cfg(docs_dir, tmp_path / "out", tokenizer_dir, validation_fraction=0.5))
 
 
 def test_cli_trains_tokenizes_and_checks(tmp_path, docs_factory, capsys) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from moelab.data.document import Document, read_documents
 from moelab.tokens.config import TokenizeConfig, TrainTokenizerConfig
-from moelab.tokens.shards import ShardError, ShardInfo, ShardWriter, write_meta
+from moelab.tokens.shards import META_NAME, ShardError, ShardInfo, ShardWriter, write_meta
 from moelab.tokens.tokenizer import SpecialTokens, Tokenizer, train_bpe
 
 SPLITS = ("train", "validation")
@@ -111,6 +111,7 @@ def tokenize_input(job: _Job, tk: Tokenizer) -> dict[str, Any]:
         "index": job.index,
         "input": Path(job.path).name,
         "tokenizer_hash": tk.hash,
+        "split_rule": _split_rule(job),
         "splits": {split: asdict(w.close()) for split, w in writers.items()},
     }
     path = out / MARKERS / f"{job.index:05d}.json"
@@ -120,15 +121,22 @@ def tokenize_input(job: _Job, tk: Tokenizer) -> dict[str, Any]:
     return marker
 
 
-def _read_marker(path: Path, input_name: str, tokenizer_hash: str) -> dict[str, Any] | None:
+def _split_rule(job: _Job) -> dict[str, Any]:
+    return {"validation_fraction": job.validation_fraction, "salt": job.salt}
+
+
+def _read_marker(path: Path, job: _Job, tokenizer_hash: str) -> dict[str, Any] | None:
+    """A finished input's marker, or None; raises if it was made by a different run."""
     if not path.is_file():
         return None
     marker = json.loads(path.read_text())
-    if marker.get("input") != input_name or marker.get("tokenizer_hash") != tokenizer_hash:
+    mine = {"input": Path(job.path).name, "tokenizer_hash": tokenizer_hash}
+    mine["split_rule"] = _split_rule(job)
+    theirs = {key: marker.get(key) for key in mine}
+    if theirs != mine:
         raise ShardError(
-            f"{path} records input {marker.get('input')!r} with tokenizer "
-            f"{marker.get('tokenizer_hash')}, but this run has {input_name!r} with {tokenizer_hash}: "
-            "the output folder belongs to another run; use a fresh out_dir"
+            f"{path} records {theirs}, but this run has {mine}: the output folder belongs to "
+            "another run (other inputs, tokenizer or split); use a fresh out_dir"
         )
     return marker
 
@@ -161,14 +169,16 @@ def tokenize(cfg: TokenizeConfig, tokenizer: Tokenizer | None = None) -> dict[st
     markers: dict[int, dict[str, Any]] = {}
     jobs = []
     for i, path in enumerate(inputs):
-        marker = _read_marker(out / MARKERS / f"{i:05d}.json", path.name, tk.hash)
+        job = _Job(i, str(path), str(out), cfg.validation_fraction, cfg.split_salt, cfg.batch_docs)
+        marker = _read_marker(out / MARKERS / f"{i:05d}.json", job, tk.hash)
         if marker is not None:
             markers[i] = marker
-            continue
-        jobs.append(
-            _Job(i, str(path), str(out), cfg.validation_fraction, cfg.split_salt, cfg.batch_docs)
-        )
+        else:
+            jobs.append(job)
     skipped = len(markers)
+    if jobs:  # the folders are about to change: no meta.json until they are complete again
+        for split in SPLITS:
+            (out / split / META_NAME).unlink(missing_ok=True)
     start = time.perf_counter()
     for marker in _run_jobs(jobs, tk, cfg.workers):
         markers[marker["index"]] = marker
