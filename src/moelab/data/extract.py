@@ -27,10 +27,15 @@ class Extract(Step):
         self.favor_precision = favor_precision
         self.include_tables = include_tables
         self.min_chars = min_chars
+        self._extract = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_extract": None}
 
     def extract_text(self, html: str) -> str | None:
-        trafilatura = require("trafilatura", "data")
-        return trafilatura.extract(
+        if self._extract is None:
+            self._extract = require("trafilatura", "data").extract
+        return self._extract(
             html,
             favor_precision=self.favor_precision,
             include_tables=self.include_tables,

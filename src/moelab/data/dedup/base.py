@@ -63,14 +63,18 @@ class DropByIndex(Step):
 
 
 def run_in_memory(
-    step: GlobalStep, shards: list[list[Document]], work: Path
+    step: GlobalStep, shards: list[list[Document]], work: Path, copy_docs: bool = True
 ) -> tuple[list[Document], list[tuple[str, str, dict]]]:
-    """scan → reduce → apply over in-memory shards (tests, benchmarks): kept docs and drops."""
+    """scan → reduce → apply over in-memory shards (tests, benchmarks): kept docs and drops.
+
+    Documents are deep-copied first unless ``copy_docs`` is False (apply may edit them).
+    """
     import copy
 
     from moelab.data.step import StepStats
 
-    shards = copy.deepcopy(shards)
+    if copy_docs:
+        shards = copy.deepcopy(shards)
     for s, docs in enumerate(shards):
         step.scan(iter(docs), s, work)
     step.reduce(work, len(shards))

