@@ -27,6 +27,7 @@ from moelab.data.step import StepContext
 
 _GZ_MAGIC = b"\x1f\x8b\x08"
 _WARC_MAGIC = b"WARC/1."
+_CHUNK = 1 << 16
 _HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "")
 _FORMATS = {".warc": "warc", ".arc": "warc", ".jsonl": "jsonl", ".json": "jsonl", ".html": "html"}
 
@@ -214,35 +215,42 @@ def read_warc(path: Path, ctx: StepContext, max_bytes: int = 5_000_000) -> Itera
 
 
 def _gzip_members(path: Path, ctx: StepContext) -> Iterator[bytes]:
-    """Inflate gzip members one by one; damage is counted and skipped to the next header."""
-    data = path.read_bytes()
-    pos = 0
-    while pos < len(data):
+    """Inflate gzip members one by one; damage is counted and skipped to the next header.
+
+    Input is fed in 64 kB slices of a memoryview, so a file of many members costs linear time
+    (``decompress(data[pos:])`` would copy the rest of the file for every member).
+    """
+    with open(path, "rb") as fh:
+        data = fh.read()
+    view = memoryview(data)
+    pos, size = 0, len(data)
+    while pos < size:
         if data[pos : pos + 3] != _GZ_MAGIC:
-            nxt = data.find(_GZ_MAGIC, pos + 1)
             ctx.stats.docs_in += 1
             ctx.drop(_stub(f"{path.name}@{pos}", None, str(path)), "corrupt_gzip")
-            if nxt < 0:
+            pos = data.find(_GZ_MAGIC, pos + 1)
+            if pos < 0:
                 return
-            pos = nxt
             continue
         inflater = zlib.decompressobj(wbits=31)
+        out, cur = [], pos
         try:
-            out = inflater.decompress(data[pos:])
+            while not inflater.eof and cur < size:
+                out.append(inflater.decompress(view[cur : cur + _CHUNK]))
+                cur += _CHUNK
         except zlib.error:
             ctx.stats.docs_in += 1
             ctx.drop(_stub(f"{path.name}@{pos}", None, str(path)), "corrupt_gzip")
-            nxt = data.find(_GZ_MAGIC, pos + 1)
-            if nxt < 0:
+            pos = data.find(_GZ_MAGIC, pos + 1)
+            if pos < 0:
                 return
-            pos = nxt
             continue
         if not inflater.eof:
             ctx.stats.docs_in += 1
             ctx.drop(_stub(f"{path.name}@{pos}", None, str(path)), "truncated_gzip")
             return
-        yield out
-        pos = len(data) - len(inflater.unused_data)
+        yield b"".join(out)
+        pos = min(cur, size) - len(inflater.unused_data)
 
 
 def _warc_records(data: bytes, source: str, ctx: StepContext, max_bytes: int) -> Iterator[Document]:
