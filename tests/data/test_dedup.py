@@ -128,3 +128,19 @@ def test_line_dedup_leaves_middle_lines_and_drops_emptied_docs(tmp_path):
     assert kept[4].text.split("\n")[0] != repeated
     assert repeated in kept[4].text, "a repeated line in the middle of a document is not touched"
     assert drops == [("only", "all_lines_removed", {})]
+
+
+def test_line_dedup_incremental_run_equals_the_batch_run(tmp_path):
+    docs = _line_corpus(240, seed=7)
+    first, second = docs[:100], docs[100:]
+    batch, _ = run_global(LineDedup(5, 5, 9), split(docs, 3), tmp_path / "batch")
+    run_global(LineDedup(5, 5, 9), split(first, 2), tmp_path / "a")
+    state = str(tmp_path / "a" / "line_counts.npz")
+    inc, _ = run_global(LineDedup(5, 5, 9, state_in=state), split(second, 4), tmp_path / "b")
+    tail = [(d.id, d.text) for d in batch if int(d.id[1:]) >= 100]
+    assert [(d.id, d.text) for d in inc] == tail
+
+
+def test_line_dedup_handles_an_empty_corpus(tmp_path):
+    kept, drops = run_global(LineDedup(), [[], [Document("a", "")]], tmp_path / "w")
+    assert [d.id for d in kept] == ["a"] and not drops

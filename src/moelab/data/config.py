@@ -77,6 +77,8 @@ class LineDedupConfig(Config):
     tail: int = 5
     max_occurrences: int = 200
     """A head/tail line keeps only its first N occurrences in corpus order (dots: 200)."""
+    state_in: str | None = None
+    """Incremental mode: ``line_counts.npz`` of an earlier run (under ``RUN/work/<phase>/``)."""
 
     def validate(self, path: str) -> None:
         if self.max_occurrences < 1:

@@ -80,7 +80,7 @@ def build_steps(cfg: DataConfig) -> list[tuple[str, Step | GlobalStep]]:
         from moelab.data.dedup.lines import LineDedup
 
         ld = cfg.line_dedup
-        out.append(("line_dedup", LineDedup(ld.head, ld.tail, ld.max_occurrences)))
+        out.append(("line_dedup", LineDedup(ld.head, ld.tail, ld.max_occurrences, ld.state_in)))
     if cfg.quality.enabled:
         from moelab.data.filters.quality import QualityFilter
 

@@ -13,6 +13,10 @@ Distributed and exact, in three passes (data_anchors §6.2.3):
 
 The result equals one sequential pass over the corpus, for any shard or worker count. A line is
 its text with surrounding whitespace stripped; "occurrence" order is shard, document, line.
+
+Incremental mode (dots: "implemented in an incremental manner"): every run writes the count of
+every line seen so far to ``line_counts.npz``; a later run given it as ``state_in`` spends only
+what is left of each line's quota, so corpus A then corpus B equals one run over A + B.
 """
 
 from __future__ import annotations
@@ -49,10 +53,17 @@ class LineDedup(GlobalStep):
 
     name = "line_dedup"
 
-    def __init__(self, head: int = 5, tail: int = 5, max_occurrences: int = 200):
+    def __init__(
+        self,
+        head: int = 5,
+        tail: int = 5,
+        max_occurrences: int = 200,
+        state_in: str | None = None,
+    ):
         self.head = head
         self.tail = tail
         self.max_occurrences = max_occurrences
+        self.state_in = state_in
 
     def scan(self, docs: Iterable[Document], shard: int, work: Path) -> None:
         counts: Counter[int] = Counter()
@@ -77,12 +88,13 @@ class LineDedup(GlobalStep):
         shard = np.concatenate(shards) if shards else np.zeros(0, np.int64)
         order = np.lexsort((shard, key))
         key, cnt, shard = key[order], cnt[order], shard[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(key)]))
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key[:0]
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(key)]).astype(int))
         total = np.add.reduceat(cnt, starts) if len(starts) else np.zeros(0, np.int64)
-        heavy = total[group] > self.max_occurrences
+        prior = self._prior_counts(key[starts])
+        heavy = (prior + total)[group] > self.max_occurrences
         cum = np.cumsum(cnt)
-        before = cum - cnt - (cum[starts] - cnt[starts])[group]
+        before = cum - cnt - (cum[starts] - cnt[starts])[group] + prior[group]
         quota = np.clip(self.max_occurrences - before, 0, cnt)
         limited = heavy & (quota < cnt)
         out = work / "quota"
@@ -90,7 +102,34 @@ class LineDedup(GlobalStep):
         for s in range(num_shards):
             sel = limited & (shard == s)
             np.savez(out / f"{s:05d}.npz", keys=key[sel], quota=quota[sel])
-        np.save(work / "heavy_lines.npy", key[starts][total > self.max_occurrences])
+        self._write_state(work, key[starts], total)
+
+    def _prior_counts(self, keys: np.ndarray) -> np.ndarray:
+        """Occurrences of each key in the corpora of earlier runs (incremental mode), else 0."""
+        prior = np.zeros(len(keys), dtype=np.int64)
+        if self.state_in is None:
+            return prior
+        state = np.load(self.state_in)
+        pos = np.searchsorted(state["keys"], keys)
+        pos = np.minimum(pos, max(len(state["keys"]) - 1, 0))
+        hit = (state["keys"][pos] == keys) if len(state["keys"]) else np.zeros(len(keys), bool)
+        prior[hit] = state["counts"][pos[hit]]
+        return prior
+
+    def _write_state(self, work: Path, keys: np.ndarray, counts: np.ndarray) -> None:
+        """``line_counts.npz``: every line's count so far (earlier runs + this one), sorted."""
+        if self.state_in is not None:
+            state = np.load(self.state_in)
+            keys = np.r_[state["keys"], keys]
+            counts = np.r_[state["counts"], counts]
+            order = np.argsort(keys, kind="stable")
+            keys, counts = keys[order], counts[order]
+            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys[:0]
+            keys = keys[starts]
+            counts = np.add.reduceat(counts, starts) if len(starts) else counts[:0]
+        heavy = keys[counts > self.max_occurrences]
+        np.savez(work / "line_counts.npz", keys=keys, counts=counts)
+        np.save(work / "heavy_lines.npy", heavy)
 
     def apply(self, work: Path, shard: int) -> Step:
         part = np.load(work / "quota" / f"{shard:05d}.npz")
