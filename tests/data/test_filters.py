@@ -134,3 +134,32 @@ def test_quality_skips_word_rules_for_chinese():
         "zh", "\n".join(chinese_paragraph(rng, 4) for _ in range(4)), metadata={"language": "zh"}
     )
     assert QualityFilter().check(doc) is None
+
+
+def test_ut1_list_is_read_from_the_datatrove_wheel_layout(tmp_path, monkeypatch):
+    import io
+    import sys
+    import tarfile
+
+    from moelab.data.filters.url import ut1_from_datatrove
+
+    pkg = tmp_path / "site" / "datatrove"
+    (pkg / "assets").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    with tarfile.open(pkg / "assets" / "url_filterblacklistsv0_3_0.tar.gz", "w:gz") as tar:
+        for name, body in [
+            ("blacklists/adult/domains", "porn.example\n"),
+            ("blacklists/adult/urls", "ok.example/bad\n"),
+            ("blacklists/README", "not a list\n"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body.encode()))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "datatrove", raising=False)
+    domains, urls = ut1_from_datatrove()
+    assert domains == {"porn.example"} and urls == {"ok.example/bad"}
+    kept, dropped = _run(
+        UrlFilter(domains, urls), [Document("a", "t", url="http://www.porn.example/x")]
+    )
+    assert dropped == {"a": "blocked_domain"}
