@@ -75,18 +75,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn, device: torch.device, min_time: float, max_reps: int) -> float:
-    """Median seconds per call after one warm-up call, repeating until min_time has passed."""
-    fn()
-    _sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 3):
-        t0 = time.perf_counter()
+def time_round_robin(fns: dict, device: torch.device, min_time: float, max_rounds: int) -> dict:
+    """Median seconds per call of each fn, timed in interleaved rounds.
+
+    Interleaving makes the ratios between contenders robust to background load: a slow
+    moment hits every contender of that round, not just one of them.
+    """
+    for fn in fns.values():
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (time.perf_counter() - start < min_time or rounds < 3):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def build_moelab(shape: Shape, impl: str, dtype, device) -> MoELayer:
@@ -118,21 +126,24 @@ def build_hf(shape: Shape, impl: str, dtype, device):
     return OlmoeSparseMoeBlock(config).to(device=device, dtype=dtype)
 
 
-def make_weights(shape: Shape, seed: int = 0) -> dict[str, torch.Tensor]:
+def shared_weights(shape: Shape, dtype, device, seed: int = 0) -> dict[str, torch.nn.Parameter]:
+    """One set of parameters that every contender uses (same numbers, one copy in memory)."""
     gen = torch.Generator().manual_seed(seed)
-    s = 0.02
+
+    def param(*size):
+        return torch.nn.Parameter((torch.randn(*size, generator=gen) * 0.02).to(device, dtype))
+
     return {
-        "gate": torch.randn(shape.experts, shape.hidden, generator=gen) * s,
-        "gate_up": torch.randn(shape.experts, 2 * shape.width, shape.hidden, generator=gen) * s,
-        "down": torch.randn(shape.experts, shape.hidden, shape.width, generator=gen) * s,
+        "gate": param(shape.experts, shape.hidden),
+        "gate_up": param(shape.experts, 2 * shape.width, shape.hidden),
+        "down": param(shape.experts, shape.hidden, shape.width),
     }
 
 
-def load_weights(block, w, dtype, device) -> None:
-    with torch.no_grad():
-        block.gate.weight.copy_(w["gate"].to(device, dtype))
-        block.experts.gate_up_proj.copy_(w["gate_up"].to(device, dtype))
-        block.experts.down_proj.copy_(w["down"].to(device, dtype))
+def attach(block, w) -> None:
+    block.gate.weight = w["gate"]
+    block.experts.gate_up_proj = w["gate_up"]
+    block.experts.down_proj = w["down"]
 
 
 def fwd_bwd(block, x, grad, moelab: bool):
@@ -146,61 +157,47 @@ def fwd_bwd(block, x, grad, moelab: bool):
     return run
 
 
+CONTENDERS = [
+    ("hf grouped_mm", "hf", "grouped_mm"),
+    ("hf eager", "hf", "eager"),
+    ("hf batched_mm", "hf", "batched_mm"),
+    ("moelab grouped_mm", "moelab", "grouped_mm"),
+    ("moelab loop", "moelab", "loop"),
+]
+DENSE = "dense SwiGLU (same FLOPs)"
+
+
 def bench_shape(shape: Shape, dtype, device, args) -> list[dict]:
-    w = make_weights(shape)
+    w = shared_weights(shape, dtype, device)
     gen = torch.Generator().manual_seed(1)
-    x = (torch.randn(1, shape.tokens, shape.hidden, generator=gen)).to(device, dtype)
+    x = torch.randn(1, shape.tokens, shape.hidden, generator=gen).to(device, dtype)
     grad = (torch.randn(1, shape.tokens, shape.hidden, generator=gen) * 1e-2).to(device, dtype)
-    flops = shape.expert_flops()
-    rows, reference = [], None
-
-    def record(name: str, seconds: float | None, out: torch.Tensor | None, note: str = ""):
-        nonlocal reference
-        diff = None
-        if out is not None and reference is not None:
-            diff = (out.float() - reference.float()).abs().max().item()
-        rows.append(
-            {
-                "shape": shape.name,
-                "dtype": str(dtype).removeprefix("torch."),
-                "impl": name,
-                "ms": None if seconds is None else seconds * 1e3,
-                "tflops": None if seconds is None else flops / seconds / 1e12,
-                "max_abs_diff_vs_hf_grouped": diff,
-                "note": note,
-            }
-        )
-
-    contenders = [
-        ("hf grouped_mm", "hf", "grouped_mm"),
-        ("hf eager", "hf", "eager"),
-        ("hf batched_mm", "hf", "batched_mm"),
-        ("moelab grouped_mm", "moelab", "grouped_mm"),
-        ("moelab loop", "moelab", "loop"),
-    ]
-    for name, kind, impl in contenders:
+    dtype_name = str(dtype).removeprefix("torch.")
+    rows, fns, outputs = [], {}, {}
+    for name, kind, impl in CONTENDERS:
+        if args.only and name not in args.only:
+            continue
         if impl == "batched_mm":
             need = shape.rows * 3 * shape.width * shape.hidden * torch.finfo(dtype).bits // 8
             if need > BATCHED_MM_LIMIT_BYTES:
-                record(
-                    name, None, None, f"skipped: gathers per-row weights, {need / 2**30:.0f} GiB"
+                rows.append(
+                    _row(
+                        shape,
+                        dtype_name,
+                        name,
+                        None,
+                        None,
+                        f"skipped: gathers per-row weights, {need / 2**30:.0f} GiB",
+                    )
                 )
                 continue
-        if name not in args.only and args.only:
-            continue
-        block = (
-            build_hf(shape, impl, dtype, device)
-            if kind == "hf"
-            else build_moelab(shape, impl, dtype, device)
-        )
-        load_weights(block, w, dtype, device)
-        run = fwd_bwd(block, x, grad, kind == "moelab")
-        out = run().detach()
-        if name == "hf grouped_mm":
-            reference = out
-        seconds = time_fn(run, device, args.min_time, args.max_reps)
-        record(name, seconds, out)
-        del block
+        if kind == "hf":
+            block = build_hf(shape, impl, dtype, device)
+        else:
+            block = build_moelab(shape, impl, dtype, device)
+        attach(block, w)
+        fns[name] = fwd_bwd(block, x, grad, kind == "moelab")
+        outputs[name] = fns[name]().detach().float()
 
     dense = SwiGLU(shape.hidden, shape.width).to(device, dtype)
     xd = torch.randn(shape.rows, shape.hidden, generator=gen).to(device, dtype)
@@ -208,20 +205,36 @@ def bench_shape(shape: Shape, dtype, device, args) -> list[dict]:
 
     def run_dense():
         dense.zero_grad(set_to_none=True)
-        xx = xd.detach().requires_grad_()
-        dense(xx).backward(gd)
+        dense(xd.detach().requires_grad_()).backward(gd)
 
-    record(
-        "dense SwiGLU (same FLOPs)", time_fn(run_dense, device, args.min_time, args.max_reps), None
-    )
+    fns[DENSE] = run_dense
+    seconds = time_round_robin(fns, device, args.min_time, args.max_rounds)
+    reference = outputs.get("hf grouped_mm")
+    for name, sec in seconds.items():
+        diff = None
+        if name in outputs and reference is not None:
+            diff = (outputs[name] - reference).abs().max().item()
+        rows.append(_row(shape, dtype_name, name, sec, diff, ""))
     return rows
+
+
+def _row(shape: Shape, dtype: str, impl: str, seconds, diff, note: str) -> dict:
+    return {
+        "shape": shape.name,
+        "dtype": dtype,
+        "impl": impl,
+        "ms": None if seconds is None else seconds * 1e3,
+        "tflops": None if seconds is None else shape.expert_flops() / seconds / 1e12,
+        "max_abs_diff_vs_hf_grouped": diff,
+        "note": note,
+    }
 
 
 def add_ratios(rows: list[dict]) -> None:
     by = {(r["shape"], r["dtype"], r["impl"]): r for r in rows}
     for r in rows:
         key = (r["shape"], r["dtype"])
-        dense = by.get((*key, "dense SwiGLU (same FLOPs)"))
+        dense = by.get((*key, DENSE))
         eager = by.get((*key, "hf eager"))
         grouped = by.get((*key, "hf grouped_mm"))
         if r["ms"] is None:
@@ -258,7 +271,7 @@ def main() -> None:
         "--only", nargs="*", default=[], help="run only these contenders (names as printed)"
     )
     p.add_argument("--min-time", type=float, default=3.0, help="seconds of timing per contender")
-    p.add_argument("--max-reps", type=int, default=20)
+    p.add_argument("--max-rounds", type=int, default=20)
     p.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/moe_layer_<device>.json)"
     )

@@ -151,3 +151,34 @@ def test_roundtrip_moelab_to_transformers(case, tmp_path):
     again = moelab.load_pretrained(tmp_path / "out")
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_loads_transformers_5_fused_expert_keys(tmp_path):
+    """A file written from transformers 5.x's in-memory state dict (fused experts) loads too."""
+    from safetensors.torch import save_file
+
+    hf = make_hf_model("olmoe", seed=12)
+    (tmp_path / "m").mkdir()
+    hf.config.save_pretrained(tmp_path / "m")
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    assert any(k.endswith("mlp.experts.gate_up_proj") for k in state)
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    model = moelab.load_pretrained(tmp_path / "m")
+    x = _tokens(seed=13)
+    with torch.no_grad():
+        delta = (hf(x).logits - model(x).logits).abs().max().item()
+    assert delta <= 1e-5
+
+
+def test_olmoe_padding_row_gets_no_gradient(tmp_path):
+    """OLMoE's embedding has padding_idx=1 in transformers: the pad row is never trained."""
+    make_hf_model("olmoe", seed=14).save_pretrained(tmp_path / "m")
+    model = moelab.load_pretrained(tmp_path / "m")
+    assert model.config.pad_token_id == 1
+    x = _tokens(seed=14)
+    x[0, :3] = model.config.pad_token_id
+    model.zero_grad()
+    model(x).logits.float().logsumexp(-1).mean().backward()
+    grad = model.embed_tokens.weight.grad
+    assert grad[model.config.pad_token_id].abs().sum() == 0
+    assert grad[x[1, 0]].abs().sum() > 0

@@ -64,7 +64,10 @@ class MoETransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # padding_idx as in transformers: the pad row gets no gradient and starts at zero.
+        self.embed_tokens = nn.Embedding(
+            cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id
+        )
         self.layers = nn.ModuleDict(
             {str(i): TransformerBlock(cfg, i) for i in range(cfg.num_layers)}
         )
@@ -124,6 +127,8 @@ class MoETransformer(nn.Module):
                         _trunc_normal_(param, std, gen)
                 if isinstance(module, Router) and module.expert_bias is not None:
                     module.expert_bias.zero_()
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
 
     def num_params(self) -> int:
         """Parameters actually held (tied weights counted once)."""
