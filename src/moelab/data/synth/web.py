@@ -55,6 +55,8 @@ class SynthConfig:
     files: int = 4
     huge_page_bytes: int = 5_300_000
     """One page this large is planted (the reader's default limit is 5,000,000 bytes)."""
+    damage: bool = True
+    """Plant a malformed record, a corrupt gzip member and a truncated file tail."""
 
 
 @dataclass
@@ -150,11 +152,10 @@ def write_synthetic_web(out: str | Path, cfg: SynthConfig) -> dict:
     files = [bytearray() for _ in range(max(1, cfg.files))]
     for i, rec in enumerate(records):
         files[i * len(files) // len(records)] += rec
-    blocked_file = files[0]
-    _plant_damage(gen, files, truth)
+    if cfg.damage:
+        _plant_damage(gen, files, truth)
     for k, data in enumerate(files):
         (out / "warc" / f"crawl-{k:05d}.warc.gz").write_bytes(bytes(data))
-    del blocked_file
     (out / "blocklist" / "domains.txt").write_text(
         "# planted blocklist\nblocked-casino.example.net\nadult-site.example.org\n"
     )
