@@ -1,11 +1,22 @@
-"""A preallocated KV cache that implements the model's ``kv_cache`` hook.
+"""A preallocated KV cache that implements the model's ``kv_cache`` hook, with reusable row slots.
 
-Slots are indexed by position: a token at position p of row b is stored in slot p of row b,
-so rows may sit at different positions (ragged batches, per-row decoding). The attention
-mask is built from positions by the model (a key is visible iff its position ≤ the query's),
-which also hides slots not yet written, because their position lies in the future.
+Slots are indexed by position: a token at position p of a row is stored in slot p of that row,
+so rows may sit at different positions (ragged batches, per-row decoding). The attention mask
+is built from positions by the model (a key is visible iff its position <= the query's), which
+also hides slots not yet written, because their position lies in the future.
 
-Shapes: L layers, B batch, K kv heads, S max length, d head_dim, T new tokens.
+Rows are slots for requests. ``bind(rows)`` says which cache rows the next forward's batch rows
+are (batch row b is cache row ``rows[b]``), so a decode step can run on any subset of live
+requests, and a finished request's row is simply handed to the next one: its prefill overwrites
+positions 0..P-1, and every stale key at a later position stays hidden until the new request's
+own token at that position has overwritten it (the hook writes before it reads). The same
+argument makes right padding free: pad tokens write keys at positions no real query of that
+row can see before they are overwritten. No valid mask is needed.
+
+What this module does not know: tokens, requests or sampling.
+
+Shapes: L layers, B cache rows (also the batch rows of an unbound forward), K kv heads, S max length,
+d head_dim, T new tokens.
 """
 
 from __future__ import annotations
@@ -32,8 +43,11 @@ class KVCache:
         self.v_LBKSd = torch.zeros(shape, dtype=dtype, device=device)
         self.slot_pos_S = torch.arange(max_len, device=device)
         self.max_len = max_len
+        self.num_rows = batch
         self.end = 0
-        """One past the highest slot written so far (over all rows)."""
+        """Unbound use: one past the highest slot written so far (over all rows)."""
+        self._rows: torch.Tensor | slice | None = None
+        self._bound_end = 0
 
     @classmethod
     def for_model(
@@ -55,6 +69,24 @@ class KVCache:
             device=device,
         )
 
+    def bind(self, rows: list[int] | None, end: int = 0) -> None:
+        """Route the next forward's batch rows to these cache rows (None: rows 0..B-1).
+
+        ``end`` is one past the highest position any bound row will read in that forward
+        (its last token's position + 1); keys are returned up to there.
+        """
+        if rows is None:
+            self._rows = None
+            return
+        if any(not 0 <= r < self.num_rows for r in rows):
+            raise ValueError(f"cache rows {rows} out of range 0..{self.num_rows - 1}")
+        start = rows[0] if rows else 0
+        if rows == list(range(start, start + len(rows))):
+            self._rows = slice(start, start + len(rows))  # a view: no copies
+        else:
+            self._rows = torch.tensor(rows, device=self.slot_pos_S.device)
+        self._bound_end = end
+
     def update(
         self, layer: int, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, positions_BT: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
@@ -64,10 +96,21 @@ class KVCache:
             raise ValueError(
                 f"positions up to {top - 1} do not fit a KV cache of {self.max_len} slots"
             )
-        index = positions_BT[:, None, :, None].expand(B, K, T, d)
-        self.k_LBKSd[layer, :B].scatter_(2, index, k_BKTd.to(self.k_LBKSd.dtype))
-        self.v_LBKSd[layer, :B].scatter_(2, index, v_BKTd.to(self.v_LBKSd.dtype))
-        self.end = max(self.end, top)
-        k = self.k_LBKSd[layer, :B, :, : self.end]
-        v = self.v_LBKSd[layer, :B, :, : self.end]
-        return k, v, self.slot_pos_S[: self.end].expand(B, self.end), None
+        if self._rows is None:
+            rows: torch.Tensor | slice = slice(0, B)
+            self.end = end = max(self.end, top)
+        else:
+            rows, end = self._rows, max(self._bound_end, top)
+        k_cache, v_cache = self.k_LBKSd[layer], self.v_LBKSd[layer]
+        if isinstance(rows, slice):
+            k_rows, v_rows = k_cache[rows], v_cache[rows]
+            index = positions_BT[:, None, :, None].expand(B, K, T, d)
+            k_rows.scatter_(2, index, k_BKTd.to(k_cache.dtype))
+            v_rows.scatter_(2, index, v_BKTd.to(v_cache.dtype))
+            k, v = k_rows[:, :, :end], v_rows[:, :, :end]
+        else:
+            rows_B1 = rows[:, None]
+            k_cache[rows_B1, :, positions_BT] = k_BKTd.transpose(1, 2).to(k_cache.dtype)
+            v_cache[rows_B1, :, positions_BT] = v_BKTd.transpose(1, 2).to(v_cache.dtype)
+            k, v = k_cache[rows, :, :end], v_cache[rows, :, :end]
+        return k, v, self.slot_pos_S[:end].expand(B, end), None

@@ -1,0 +1,123 @@
+"""Next-token selection: repetition penalty, temperature, top-k, top-p, with an explicit generator.
+
+``SamplingParams`` holds what one request asks for; ``sample_next`` turns one row of logits into
+one token id. Temperature 0 means greedy (argmax, no randomness). Every random draw goes through
+the ``torch.Generator`` the caller passes, one per request, so a seeded request gives the same
+tokens whether it runs alone or batched with others.
+
+Order of operations (as in transformers' logits processors): repetition penalty on the raw
+logits, then temperature, then top-k, then top-p, then a draw from the softmax in fp32.
+
+What this module does not know: tokenization, stop strings, batching or the model.
+
+Shapes: V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """What one request asks of the sampler and of the decode loop."""
+
+    max_new_tokens: int = 64
+    """Stop after this many generated tokens."""
+    temperature: float = 0.0
+    """0 is greedy; otherwise logits are divided by it before the softmax."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 keeps all)."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens whose probability reaches top_p (1.0 keeps all)."""
+    repetition_penalty: float = 1.0
+    """CTRL-style: a seen token's positive logit is divided by it, a negative one multiplied."""
+    seed: int | None = None
+    """Seed of this request's generator; None draws a fresh seed from torch's global RNG."""
+    stop_token_ids: Sequence[int] = field(default_factory=tuple)
+    """Generation ends after emitting any of these (the id is included in the output)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def make_generator(self, device: str | torch.device = "cpu") -> torch.Generator | None:
+        """This request's generator (None for greedy, which draws nothing)."""
+        if self.greedy:
+            return None
+        seed = self.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        return torch.Generator(device=device).manual_seed(seed)
+
+
+def apply_repetition_penalty(
+    logits_V: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """Penalise every id in ``seen`` (1-D long tensor; duplicates are harmless)."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits_V
+    picked = logits_V.gather(0, seen)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits_V.scatter(0, seen, picked)
+
+
+def filter_top_k(logits_V: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 0 or k >= logits_V.shape[-1]:
+        return logits_V
+    kth = torch.topk(logits_V, k).values[-1]
+    return logits_V.masked_fill(logits_V < kth, float("-inf"))
+
+
+def filter_top_p(logits_V: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: drop tokens outside the smallest set with cumulative mass >= p."""
+    if p >= 1.0:
+        return logits_V
+    sorted_logits, order = torch.sort(logits_V, descending=True)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cum - sorted_logits.softmax(-1) >= p  # mass before this token already >= p
+    drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+    return logits_V.masked_fill(drop, float("-inf"))
+
+
+def sample_next(
+    logits_V: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    seen: torch.Tensor | None = None,
+) -> int:
+    """One token id from one row of logits under ``params``.
+
+    Args:
+        logits_V: (V,) next-token logits in any float dtype.
+        params: the request's sampling parameters.
+        generator: the request's generator (unused when greedy).
+        seen: ids already in the context, for the repetition penalty.
+    """
+    logits = logits_V.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return int(logits.argmax())
+    logits = logits / params.temperature
+    logits = filter_top_p(filter_top_k(logits, params.top_k), params.top_p)
+    probs = logits.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,72 @@
+"""Sampling: each filter removes what it must, penalties follow the CTRL rule, seeds reproduce."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moelab.infer.sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    filter_top_k,
+    filter_top_p,
+    sample_next,
+)
+
+
+def test_greedy_is_argmax_and_draws_nothing():
+    logits = torch.tensor([0.1, 3.0, -1.0, 2.9])
+    params = SamplingParams()
+    assert params.make_generator() is None
+    assert sample_next(logits, params, None) == 1
+
+
+def test_top_k_keeps_exactly_k():
+    logits = torch.tensor([1.0, 4.0, 3.0, 2.0, 0.0])
+    kept = torch.isfinite(filter_top_k(logits, 2))
+    assert kept.tolist() == [False, True, True, False, False]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    kept = torch.isfinite(filter_top_p(probs.log(), 0.75))
+    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.75 <= 0.8
+    assert torch.isfinite(filter_top_p(probs.log(), 0.3)).tolist() == [True, False, False, False]
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    logits = torch.tensor([2.0, -2.0, 1.0])
+    out = apply_repetition_penalty(logits, torch.tensor([0, 1, 1]), 2.0)
+    assert out.tolist() == [1.0, -4.0, 1.0]
+
+
+def test_seeded_draws_reproduce_and_follow_the_distribution():
+    logits = torch.tensor([0.0, 1.0, 2.0]).log_softmax(-1)
+    params = SamplingParams(temperature=1.0, seed=3)
+    draws = [sample_next(logits, params, g) for g in [params.make_generator()] for _ in range(2000)]
+    again = [sample_next(logits, params, g) for g in [params.make_generator()] for _ in range(2000)]
+    assert draws == again
+    freq = torch.bincount(torch.tensor(draws), minlength=3) / len(draws)
+    torch.testing.assert_close(freq, logits.softmax(-1), atol=0.04, rtol=0)
+
+
+def test_top_k_one_samples_the_argmax():
+    logits = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(temperature=5.0, top_k=1, seed=0)
+    gen = params.make_generator()
+    assert {sample_next(logits, params, gen) for _ in range(20)} == {int(logits.argmax())}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+    ],
+)
+def test_invalid_params_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
