@@ -27,14 +27,17 @@ class Extract(Step):
         self.favor_precision = favor_precision
         self.include_tables = include_tables
         self.min_chars = min_chars
-        self._extract = None
+        # Imported here, not on the first page: a one-off cost is not per-page time in the funnel.
+        self._extract = require("trafilatura", "data").extract
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_extract": None}
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._extract = require("trafilatura", "data").extract
+
     def extract_text(self, html: str) -> str | None:
-        if self._extract is None:
-            self._extract = require("trafilatura", "data").extract
         return self._extract(
             html,
             favor_precision=self.favor_precision,

@@ -65,6 +65,7 @@ class LanguageFilter(Filter):
         self.languages = set(languages)
         self.threshold = threshold
         self.lid = LanguageID(model_path)
+        self.lid.predict("warm up")  # load the model now, not inside the first document's time
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         lang, score = self.lid.predict(doc.text)
