@@ -21,6 +21,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "model": "moelab.commands.model",
     "data": "moelab.commands.data",
     "tokens": "moelab.commands.tokens",
+    "train": "moelab.commands.train",
 }
 
 

@@ -1,0 +1,1 @@
+"""Stage 3: token shards + config → checkpoints + metrics. The single-device trainer."""

@@ -1,0 +1,294 @@
+"""The single-device training loop: micro batches → accumulate → clip → step → balance → log → save.
+
+One optimizer step consumes ``global_batch / micro_batch`` micro batches (the count follows the
+batch-size ramp). After the step, the aux-loss-free bias update sees the expert counts of the
+whole global batch. Checkpoints are written only at step boundaries and hold everything the
+next step depends on (weights and biases, optimizer, loader position, RNG states, step and
+tokens), so a resumed run repeats the uninterrupted one bit for bit on CPU.
+
+What this module does not know: how parallelism is applied (moelab.parallel wraps the model
+and reduces counts), or what a checkpoint file looks like (moelab.checkpoint.layout).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moelab.checkpoint.hf import CheckpointError
+from moelab.checkpoint.layout import (
+    TRAIN_STATE,
+    CheckpointInfo,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+    validate_checkpoint,
+)
+from moelab.model.losses import (
+    cross_entropy,
+    load_balancing_loss,
+    router_z_loss,
+    sequence_balance_loss,
+)
+from moelab.model.transformer import MoETransformer, build_model, model_flops_per_token
+from moelab.tokens.loader import TokenLoader
+from moelab.train.balance import load_metrics, update_expert_bias
+from moelab.train.config import TrainConfig
+from moelab.train.metrics import MetricsLogger, detect_peak_tflops
+from moelab.train.optim import build_optimizer
+from moelab.train.schedule import global_batch_at, lr_at
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
+        self.cfg, self.log = cfg, log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch.device(cfg.device)
+        self.out_dir = Path(cfg.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _seed_everything(cfg.seed)
+        self.model: MoETransformer = build_model(cfg.model, device=self.device, seed=cfg.seed)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        if not cfg.data.shards:
+            raise ValueError("data.shards is required: a folder made by `moelab tokens tokenize`")
+        self.loader = TokenLoader(
+            cfg.data.shards,
+            seq_len=cfg.batch.seq_len,
+            batch_size=cfg.batch.micro_batch_size,
+            seed=cfg.data.seed,
+            tokenizer_hash=cfg.data.tokenizer_hash,
+            vocab_size=cfg.model.vocab_size,
+            as_torch=True,
+        )
+        self.state = TrainState()
+        if resume:
+            self._resume(resume)
+        (self.out_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.batches = iter(self.loader)
+        self.flops_per_token = model_flops_per_token(cfg.model, cfg.batch.seq_len)
+        self.peak_tflops = cfg.peak_tflops or detect_peak_tflops(self.device)
+        self._last_intermediate = (
+            self.state.tokens // cfg.checkpoint.every_tokens if cfg.checkpoint.every_tokens else 0
+        )
+
+    # -- resume ------------------------------------------------------------------------------
+    def _resume(self, resume: str) -> None:
+        if resume == "auto":
+            info = latest_valid_checkpoint(self.out_dir, warn=self.log)
+            if info is None:
+                if list_checkpoints(self.out_dir):
+                    raise CheckpointError(
+                        f"{self.out_dir}: no checkpoint validates; refusing to start over"
+                    )
+                self.log(f"no checkpoint in {self.out_dir}: starting from scratch")
+                return
+        else:
+            info = validate_checkpoint(resume)
+        self._load(info)
+        self.log(f"resumed from {info.path} at step {info.step} ({info.tokens:,} tokens)")
+
+    def _load(self, info: CheckpointInfo) -> None:
+        from safetensors.torch import load_file
+
+        if not (info.path / TRAIN_STATE).exists():
+            raise CheckpointError(
+                f"{info.path}: no {TRAIN_STATE}; it holds weights only and cannot resume training"
+            )
+        weights = load_file(str(info.path / "model.safetensors"), device=str(self.device))
+        if self.cfg.model.tie_word_embeddings:
+            weights["lm_head.weight"] = weights["embed_tokens.weight"]
+        self.model.load_state_dict(weights, strict=True)
+        state = torch.load(info.path / TRAIN_STATE, map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+        self.state = TrainState(step=state["step"], tokens=state["tokens"])
+
+    # -- one optimizer step --------------------------------------------------------------------
+    def _micro_step(self, batch, accum: int) -> tuple[float, dict[str, float], torch.Tensor]:
+        cfg = self.cfg
+        inputs = batch.inputs.to(self.device, non_blocking=True)
+        targets = batch.targets.to(self.device, non_blocking=True)
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
+        ):
+            out = self.model(inputs)
+        ce = cross_entropy(out.logits, targets)
+        loss, parts = ce, {}
+        moe, bal = cfg.model.moe, cfg.balance
+        if out.router:
+            if bal.lb_coef:
+                parts["lb_loss"] = load_balancing_loss(out.router, moe.num_experts, moe.top_k)
+                loss = loss + bal.lb_coef * parts["lb_loss"]
+            if bal.z_coef:
+                parts["z_loss"] = router_z_loss(out.router, divide_by_top_k=bal.z_divide_by_top_k)
+                loss = loss + bal.z_coef * parts["z_loss"]
+            if bal.seq_aux_coef:
+                parts["seq_aux_loss"] = sequence_balance_loss(
+                    out.router, batch_size=inputs.shape[0]
+                )
+                loss = loss + bal.seq_aux_coef * parts["seq_aux_loss"]
+        (loss / accum).backward()
+        counts = torch.stack([r.tokens_per_expert_E for r in out.router]) if out.router else None
+        return ce.item(), {k: v.item() for k, v in parts.items()}, counts
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        t0 = time.perf_counter()
+        global_batch = global_batch_at(st.tokens, cfg.batch)
+        accum = global_batch // cfg.batch.micro_batch_size
+        lr = lr_at(st.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        ce_sum, part_sums, counts = 0.0, {}, None
+        for _ in range(accum):
+            ce, parts, c = self._micro_step(next(self.batches), accum)
+            ce_sum += ce
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, 0.0) + v
+            if c is not None:
+                counts = c if counts is None else counts + c
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if counts is not None:
+            update_expert_bias(self.model, counts, cfg.balance.bias_update_rate)
+        st.step += 1
+        tokens = global_batch * cfg.batch.seq_len
+        st.tokens += tokens
+        seconds = time.perf_counter() - t0
+        record = {
+            "step": st.step,
+            "tokens": st.tokens,
+            "loss": ce_sum / accum,
+            **{k: v / accum for k, v in part_sums.items()},
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "global_batch": global_batch,
+            "tokens_per_s": tokens / seconds,
+            "mfu": (tokens / seconds * self.flops_per_token / (self.peak_tflops * 1e12))
+            if self.peak_tflops
+            else None,
+        }
+        if counts is not None:
+            record.update(load_metrics(counts))
+        return record
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": _get_rng_state(),
+            "step": self.state.step,
+            "tokens": self.state.tokens,
+        }
+
+    def save(self, kind: str) -> Path:
+        previous = [p for p in list_checkpoints(self.out_dir) if _kind(p) == "rolling"]
+        path = save_checkpoint(
+            self.out_dir,
+            step=self.state.step,
+            tokens=self.state.tokens,
+            model=self.model,
+            train_state=self._train_state(),
+            config_yaml=self.cfg.to_yaml(),
+            extra_meta={"kind": kind},
+        )
+        for old in previous:  # keep one rolling checkpoint; intermediate ones stay forever
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _maybe_save(self) -> None:
+        ck, st = self.cfg.checkpoint, self.state
+        if ck.every_tokens and st.tokens // ck.every_tokens > self._last_intermediate:
+            self._last_intermediate = st.tokens // ck.every_tokens
+            self.save("intermediate")
+        elif st.step == self.cfg.max_steps or (
+            ck.latest_every_steps and st.step % ck.latest_every_steps == 0
+        ):
+            self.save("rolling")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """Train to max_steps, or stop early after ``stop_at_step`` with a checkpoint to resume."""
+        cfg = self.cfg
+        end = min(cfg.max_steps, stop_at_step or cfg.max_steps)
+        logger = MetricsLogger(self.out_dir, cfg.max_steps, resume_step=self.state.step)
+        self.model.train()
+        first = last = None
+        try:
+            while self.state.step < end:
+                record = self.train_step()
+                first = first or record
+                last = record
+                if record["step"] % cfg.log_every == 0 or record["step"] == end:
+                    logger.log(record)
+                self._maybe_save()
+            if end < cfg.max_steps and _kind_of_step(self.out_dir, end) is None:
+                self.save("rolling")
+        finally:
+            logger.close()
+        return {"first": first, "last": last, "out_dir": str(self.out_dir)}
+
+
+def _kind_of_step(run_dir: Path, step: int) -> str | None:
+    path = run_dir / f"step_{step:08d}"
+    return _kind(path) if path.exists() else None
+
+
+def _kind(path: Path) -> str:
+    import json
+
+    try:
+        return json.loads((path / "meta.json").read_text()).get("kind", "rolling")
+    except (OSError, ValueError):
+        return "rolling"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _get_rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    cfg: TrainConfig, resume: str | None = None, log=print, stop_at_step: int | None = None
+) -> dict[str, Any]:
+    """Build a trainer for ``cfg`` (optionally resuming) and run it to ``max_steps``."""
+    return Trainer(cfg, resume=resume, log=log).run(stop_at_step=stop_at_step)
