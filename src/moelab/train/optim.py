@@ -16,7 +16,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     if lm_head is not None:
         embeddings.add(id(lm_head.weight))
     seen: set[int] = set()
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
