@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -112,10 +113,23 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(crawl, reference, tmp
     assert len(ids) == len(set(ids))
 
 
-def test_resume_refuses_a_different_config(crawl, reference):
+def test_resume_refuses_a_different_config_but_not_other_workers(crawl, reference):
     cfg = DataConfig.from_yaml(reference / "config.yaml", ["language.threshold=0.5"])
-    with pytest.raises(ConfigError, match="output_dir"):
+    with pytest.raises(ConfigError, match="language"):
         run_pipeline(cfg, log=lambda _: None)
+    again = DataConfig.from_yaml(reference / "config.yaml", ["workers=2"])
+    assert run_pipeline(again, log=lambda _: None) == reference
+
+
+def test_cli_synth_writes_a_crawl_with_its_truth(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "web"), "--pages", "40", "--files", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    truth = (tmp_path / "web" / "truth.jsonl").read_text().splitlines()
+    assert summary["pages"] == len(truth) and len(list((tmp_path / "web" / "warc").iterdir())) == 2
+    kinds = {json.loads(t)["kind"] for t in truth}
+    assert {"good_en", "malformed_record", "corrupt_gzip", "truncated_tail"} <= kinds
+    cfg = DataConfig.from_yaml(tmp_path / "web" / "pipeline.yaml")
+    assert cfg.url_filter.domains_files and cfg.input.paths
 
 
 def test_jsonl_input_skips_extraction(tmp_path):

@@ -35,6 +35,9 @@ from moelab.data.readers import InputShard, list_shards, read_shard
 from moelab.data.step import Step, StepContext, StepStats, chain_steps, counted
 from moelab.data.writers import AtomicJsonlWriter, RemovedWriter, atomic_write_json
 
+_RESUMABLE = ("workers", "executor")
+"""Config keys a resumed run may change: they never change the output."""
+
 
 @dataclass
 class Phase:
@@ -122,14 +125,18 @@ class Pipeline:
         """Write config and shard list, or check that a resumed run has the same config."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "config.yaml"
-        text = self.cfg.to_yaml()
-        if cfg_path.exists() and cfg_path.read_text() != text:
-            raise ConfigError(
-                "output_dir",
-                f"{self.run_dir} holds a run with a different config; use a new output_dir",
-            )
-        if not cfg_path.exists():
-            cfg_path.write_text(text)
+        if cfg_path.exists():
+            old = DataConfig.from_yaml(cfg_path).to_dict()
+            new = self.cfg.to_dict()
+            changed = sorted(k for k in new if k not in _RESUMABLE and new[k] != old.get(k))
+            if changed:
+                raise ConfigError(
+                    "output_dir",
+                    f"{self.run_dir} holds a run whose {', '.join(changed)} differ(s); "
+                    "resume with the same config or use a new output_dir",
+                )
+        else:
+            cfg_path.write_text(self.cfg.to_yaml())
 
     def _load_or_list_shards(self) -> list[InputShard]:
         path = self.run_dir / "shards.json"
