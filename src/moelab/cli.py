@@ -21,6 +21,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "model": "moelab.commands.model",
     "data": "moelab.commands.data",
     "tokens": "moelab.commands.tokens",
+    "generate": "moelab.commands.generate",
     "train": "moelab.commands.train",
 }
 
