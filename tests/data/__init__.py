@@ -1,0 +1,1 @@
+"""Tests of moelab.data: readers, filters, dedup, runner, synthetic web."""
