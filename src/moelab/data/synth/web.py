@@ -8,7 +8,7 @@ ready data config for this crawl. Page kinds, and the step expected to remove th
 good_en, good_zh, odd encodings (cp1252, GBK via meta tag, mis-declared charset) → kept;
 blocked domain → url_filter; no main text → dropped (extract or language); other language → language;
 exact copy (case, punctuation, spacing perturbed) → exact_dedup; near copy (a fraction of words
-replaced) → minhash; keyword spam → quality; binary, empty, undecodable, oversized, malformed or
+replaced; its body's 5-gram Jaccard to the original is in the truth) → minhash; keyword spam → quality; binary, empty, undecodable, oversized, malformed or
 truncated records → read. Every good page carries its site's byline and sign-off lines (the
 line-dedup targets).
 """
@@ -129,6 +129,14 @@ def _perturb_near(text: str, rate: float, rng: np.random.Generator, vocab: list[
     return " ".join(words)
 
 
+def _body_jaccard(a: Article, b: Article) -> float:
+    """Planted similarity: exact 5-gram Jaccard of the two article bodies (dots-normalised)."""
+    from moelab.data.dedup.shingles import jaccard, shingle_hashes, tokenize
+
+    sa, sb = (shingle_hashes(tokenize("\n".join([x.title, *x.paragraphs]))) for x in (a, b))
+    return jaccard(sa, sb)
+
+
 def http_response_record(url: str, record_id: str, payload: bytes, content_type: str) -> bytes:
     http = (
         f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n\r\n"
@@ -238,6 +246,7 @@ def _make_page(gen: _Generator, kind: str) -> tuple[bytes, dict]:
             expected="minhash",
             group=oid,
             rate=rate,
+            jaccard=round(_body_jaccard(orig, art), 4),
             site=site.domain,
             lines=[site.head_line, site.tail_line],
         )
