@@ -374,6 +374,9 @@ def _plant_damage(gen: _Generator, files: list[bytearray], truth: list[dict]) ->
 
 
 def _write_pipeline_yaml(out: Path, gen: _Generator) -> None:
+    # Each site repeats its byline and sign-off on every page; dots caps a line at 200
+    # occurrences, which a small crawl never reaches, so the cap scales down with the crawl.
+    cap = 200 if gen.cfg.pages >= 10_000 else max(5, gen.cfg.pages // 15)
     text = (
         "# data pipeline for this synthetic crawl (moelab data run THIS_FILE)\n"
         "input:\n"
@@ -382,5 +385,7 @@ def _write_pipeline_yaml(out: Path, gen: _Generator) -> None:
         "workers: 2\n"
         "url_filter:\n"
         f"  domains_files: [{(out / 'blocklist' / 'domains.txt').resolve()}]\n"
+        "line_dedup:\n"
+        f"  max_occurrences: {cap}   # dots: 200; scaled to the crawl's size below 10,000 pages\n"
     )
     (out / "pipeline.yaml").write_text(text)
