@@ -22,6 +22,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "data": "moelab.commands.data",
     "tokens": "moelab.commands.tokens",
     "generate": "moelab.commands.generate",
+    "serve": "moelab.commands.serve",
     "train": "moelab.commands.train",
 }
 

@@ -48,6 +48,7 @@ def load_generator(
     max_batch: int = 8,
     max_len: int | None = None,
 ) -> TextGenerator:
+    """Model + tokenizer + chat template + engine (``max_len`` is capped at the model's context)."""
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     tok_path = find_tokenizer_dir(model_path, tokenizer)
@@ -55,5 +56,6 @@ def load_generator(
     tok = Tokenizer.from_file(tok_path)
     tok_dir = tok_path if tok_path.is_dir() else tok_path.parent
     template = load_chat_template(tok_dir, model.config.family)
-    engine = Engine(model, max_batch=max_batch, max_len=max_len)
+    context = model.config.max_position_embeddings
+    engine = Engine(model, max_batch=max_batch, max_len=min(max_len or context, context))
     return TextGenerator(engine, tok, template)

@@ -1,0 +1,216 @@
+"""The OpenAI-compatible server under a real uvicorn, driven by the official `openai` client.
+
+Answers are checked against the same model run directly through TextGenerator (greedy), so a
+right-shaped response with the wrong text fails. Bad requests are sent raw with httpx.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from moelab.infer.chat import builtin_template  # noqa: E402
+from moelab.infer.config import ServeConfig, ServeLimits  # noqa: E402
+from moelab.infer.engine import Engine  # noqa: E402
+from moelab.infer.sampling import SamplingParams  # noqa: E402
+from moelab.infer.server import create_app  # noqa: E402
+from moelab.infer.text import TextGenerator  # noqa: E402
+
+from .serving import running_server  # noqa: E402
+
+MODEL = "tiny"
+LIMITS = ServeLimits(
+    max_tokens=32, max_prompt_tokens=48, max_n=4, max_prompts=4, max_body_bytes=20_000
+)
+
+
+def _generator(model, tokenizer, max_batch: int = 16) -> TextGenerator:
+    return TextGenerator(
+        Engine(model, max_batch=max_batch, max_len=96), tokenizer, builtin_template("dots1")
+    )
+
+
+@pytest.fixture(scope="module")
+def served(text_models, chat_tokenizer):
+    """(base_url, reference generator): one server for the module's tests."""
+    model = text_models["dots1"]
+    cfg = ServeConfig(limits=LIMITS)
+    app = create_app(_generator(model, chat_tokenizer), cfg, MODEL)
+    with running_server(app) as url:
+        yield url, _generator(model, chat_tokenizer, max_batch=1)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _ref(gen: TextGenerator, prompt: str, max_tokens: int, chat: bool = False, stop=()):
+    ids = gen.chat_ids([{"role": "user", "content": prompt}]) if chat else gen.prompt_ids(prompt)
+    (done,) = gen.complete([ids], SamplingParams(max_new_tokens=max_tokens), stop=stop, chat=chat)
+    return ids, done
+
+
+def test_models_and_health(client, served):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(served[0] + "/health").json()["status"] == "ok"
+
+
+def test_completion_matches_the_engine_with_usage(client, served):
+    ids, ref = _ref(served[1], "the router", 10)
+    out = client.completions.create(model=MODEL, prompt="the router", max_tokens=10, temperature=0)
+    assert out.choices[0].text == ref.text
+    assert out.choices[0].finish_reason == ref.finish_reason == "length"
+    assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == 10
+    assert out.usage.total_tokens == len(ids) + 10
+
+
+def test_chat_matches_the_engine_and_streams_the_same_text(client, served):
+    _, ref = _ref(served[1], "hello", 12, chat=True)
+    messages = [{"role": "user", "content": "hello"}]
+    out = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0
+    )
+    assert out.choices[0].message.content == ref.text
+    assert out.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ref.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == ref.finish_reason
+    assert chunks[-1].usage.completion_tokens == len(ref.token_ids)
+
+
+def test_streamed_completion_with_stop_string_ends_with_done(served):
+    _, free = _ref(served[1], "data model", 20)
+    stop = free.text[4:7]
+    _, ref = _ref(served[1], "data model", 20, stop=[stop])
+    body = {
+        "model": MODEL,
+        "prompt": "data model",
+        "max_tokens": 20,
+        "temperature": 0,
+        "stream": True,
+        "stop": stop,
+    }
+    with httpx.stream("POST", served[0] + "/v1/completions", json=body, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[len("data: ") :]) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == ref.text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_n_choices_and_token_prompts(client, served):
+    out = client.completions.create(
+        model=MODEL, prompt="the", max_tokens=8, n=3, temperature=1.0, seed=5
+    )
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert len({c.text for c in out.choices}) > 1  # seeds 5, 6, 7 differ
+    again = client.completions.create(
+        model=MODEL, prompt="the", max_tokens=8, n=3, temperature=1.0, seed=5
+    )
+    assert [c.text for c in again.choices] == [c.text for c in out.choices]
+    ids = served[1].prompt_ids("the")
+    by_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=6, temperature=0)
+    assert by_ids.choices[0].text == _ref(served[1], "the", 6)[1].text
+
+
+BAD = [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    (json.dumps({"prompt": "x"}).encode(), 400, "model"),
+    (json.dumps({"model": MODEL}).encode(), 400, "prompt"),
+    (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": "ten"}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 10_000}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": MODEL, "prompt": "x", "n": 50}).encode(), 400, "n"),
+    (
+        json.dumps({"model": MODEL, "prompt": "x", "temperature": "hot"}).encode(),
+        400,
+        "temperature",
+    ),
+    (json.dumps({"model": MODEL, "prompt": "x", "stream": "yes"}).encode(), 400, "stream"),
+    (json.dumps({"model": MODEL, "prompt": {"a": 1}}).encode(), 400, "prompt"),
+    (json.dumps({"model": MODEL, "prompt": "data " * 200}).encode(), 400, "prompt"),
+    (json.dumps({"model": "gpt-4", "prompt": "x"}).encode(), 404, "model"),
+    (json.dumps({"model": MODEL, "prompt": "x" * 30_000}).encode(), 413, None),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), BAD, ids=range(len(BAD)))
+def test_bad_completion_requests_get_openai_errors(served, body, status, param):
+    r = httpx.post(
+        served[0] + "/v1/completions",
+        content=body,
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+    assert error["param"] == param
+
+
+def test_bad_chat_requests_and_the_server_keeps_serving(client, served):
+    url = served[0] + "/v1/chat/completions"
+    for body, param in [
+        ({"model": MODEL}, "messages"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "user"}]}, "messages"),
+    ]:
+        r = httpx.post(url, json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    out = client.completions.create(model=MODEL, prompt="the router", max_tokens=3, temperature=0)
+    assert out.choices[0].text == _ref(served[1], "the router", 3)[1].text
+
+
+def test_sixteen_concurrent_clients_are_batched_and_correct(served):
+    url, ref_gen = served
+    prompts = [f"the {w} model" for w in "abcdefghijklmnop"]
+    expected = [_ref(ref_gen, p, 12)[1].text for p in prompts]
+    before = httpx.get(url + "/health").json()["steps"]
+
+    def ask(prompt: str) -> str:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        return (
+            c.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+            .choices[0]
+            .text
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert answers == expected
+    health = httpx.get(url + "/health").json()
+    assert health["max_running"] >= 8, health  # decoded together, not one by one
+    assert health["steps"] - before < 16 * 12, health
+
+
+def test_api_key_is_required_when_set(text_models, chat_tokenizer):
+    cfg = ServeConfig(api_key="sekrit", limits=LIMITS)
+    app = create_app(_generator(text_models["olmoe"], chat_tokenizer, 2), cfg, MODEL)
+    with running_server(app) as url:
+        r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="sekrit", max_retries=0)
+        out = good.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=0)
+        assert out.usage.completion_tokens <= 2
