@@ -23,6 +23,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "tokens": "moelab.commands.tokens",
     "generate": "moelab.commands.generate",
     "serve": "moelab.commands.serve",
+    "export": "moelab.commands.export",
     "train": "moelab.commands.train",
 }
 

@@ -12,7 +12,8 @@ A model directory's ``tokenizer_config.json`` wins when it carries a ``chat_temp
 string, or a list of named ones): it is rendered in jinja2's sandbox, as transformers does, with
 ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token`` and ``raise_exception``.
 jinja2 comes with transformers and is imported only then. ``TULU_JINJA`` is the published Tülu
-template, kept here so a test can check the built-in renderer against it.
+template and ``DOTS_JINJA`` the dots format in Jinja; export writes them into
+tokenizer_config.json, and tests check the built-in renderers against them.
 
 What this module does not know: token ids. It produces text and names its stop strings.
 """
@@ -42,6 +43,30 @@ TULU_JINJA = (
     "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
     "{% endfor %}"
 )
+
+DOTS_JINJA = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|system|>" + DOTS_DEFAULT_SYSTEM + "<|endofsystem|>' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ '<|system|>' + message['content'] + '<|endofsystem|>' }}"
+    "{% elif message['role'] == 'user' %}"
+    "{{ '<|userprompt|>' + message['content'] + '<|endofuserprompt|>' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|response|>' + message['content'] + '<|endofresponse|>' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|response|>' }}{% endif %}"
+)
+"""The dots format as a Jinja template (written into exported tokenizer_config.json files)."""
+
+
+def jinja_source(family: str) -> str:
+    """The family's chat template as Jinja, for tools that render it themselves (transformers, vLLM)."""
+    if family in ("dots1", "dots"):
+        return DOTS_JINJA
+    if family == "olmoe":
+        return TULU_JINJA
+    raise ValueError(f"no built-in chat template for family {family!r} (known: dots1, olmoe)")
 
 
 def check_messages(messages: Any) -> list[Message]:
