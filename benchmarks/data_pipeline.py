@@ -108,10 +108,34 @@ def bench_stage1(crawl: Path, tmp: Path, repeats: int = 3) -> dict:
     }
 
 
+def _spin(_: int) -> int:
+    total = 0
+    for i in range(15_000_000):
+        total += i
+    return total
+
+
+def box_parallel_efficiency() -> float:
+    """What 2 processes get on this box right now: 2 × t(one spin) / t(two spins in parallel).
+    2.0 on an idle 2-core machine; less when other work shares the cores."""
+    import multiprocessing as mp
+
+    start = time.perf_counter()
+    _spin(0)
+    one = time.perf_counter() - start
+    with mp.get_context("forkserver").Pool(2) as pool:
+        pool.map(_spin, [0, 0])  # start-up outside the timing
+        start = time.perf_counter()
+        pool.map(_spin, [0, 1])
+        two = time.perf_counter() - start
+    return round(2 * one / two, 2)
+
+
 def bench_scaling(crawl: Path, tmp: Path, repeats: int = 2) -> dict:
     """Stage 1 with 1 worker and with 2 (processes, one per core) on the same larger crawl;
     interleaved, fastest of ``repeats`` each."""
     walls = {1: 1e9, 2: 1e9}
+    before = box_parallel_efficiency()
     for k in range(repeats):
         for workers in (1, 2):
             start = time.perf_counter()
@@ -119,6 +143,8 @@ def bench_scaling(crawl: Path, tmp: Path, repeats: int = 2) -> dict:
             run_pipeline(_stage1_cfg(crawl, out, workers), log=lambda _: None)
             walls[workers] = min(walls[workers], time.perf_counter() - start)
     return {
+        "box_parallel_efficiency_before": before,
+        "box_parallel_efficiency_after": box_parallel_efficiency(),
         "workers1_wall_s": round(walls[1], 2),
         "workers2_wall_s": round(walls[2], 2),
         "speedup_2_vs_1": round(walls[1] / walls[2], 2),
@@ -180,7 +206,7 @@ def bench_minhash(n: int) -> dict:
     from moelab.data.synth.text import chinese_paragraph
 
     rng = np.random.default_rng(3)
-    zh = ["".join(chinese_paragraph(rng, 6) for _ in range(3)) for _ in range(300)]
+    zh = ["".join(chinese_paragraph(rng, 6) for _ in range(10)) for _ in range(200)]
     tokenize(zh[0])
     out["zh_chars_mean"] = round(float(np.mean([len(z) for z in zh])), 1)
     out["zh_jieba_tokenize_docs_per_s"] = round(
@@ -297,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio_vs_anchor": None,
                 }
             )
+    sc = scaling
+    print(
+        f"box: 2 processes get {sc['box_parallel_efficiency_before']}x / "
+        f"{sc['box_parallel_efficiency_after']}x of one core's work before/after the scaling run"
+    )
     print(f"{'metric':<44}{'value':>12}{'goal':>10}{'ok':>5}  anchor (ratio)")
     for r in rows:
         goal = "" if r["goal"] is None else f"{r['goal']:g}"
