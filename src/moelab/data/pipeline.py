@@ -196,9 +196,7 @@ class Pipeline:
         if kind in ("scan", "reduce"):
             if kind == "scan":
                 assert shard is not None
-                ph.global_step.scan(
-                    self._input_docs(phase, shard, None), shard, self.work_dir(phase)
-                )
+                ph.global_step.scan(self._input_docs(phase, shard), shard, self.work_dir(phase))
             else:
                 ph.global_step.reduce(self.work_dir(phase), self.num_shards)
             st = StepStats(ph.global_step.name, seconds=time.time() - start)
@@ -212,10 +210,8 @@ class Pipeline:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{time.time() - start:.3f}\n")
 
-    def _input_docs(self, phase: int, shard: int, read_stats: StepStats | None):
-        if phase == 0:
-            ctx = StepContext(shard, self.num_shards, read_stats or StepStats("read"))
-            return read_shard(self.shards[shard], ctx)
+    def _input_docs(self, phase: int, shard: int):
+        """What a phase reads: the previous phase's output (a global step never opens phase 0)."""
         return read_documents(self.docs_path(phase - 1, shard))
 
     def _run_map(self, phase: int, shard: int, start: float) -> None:
