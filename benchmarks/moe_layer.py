@@ -54,6 +54,7 @@ SHAPES = {
     "olmoe": Shape("olmoe", 2048, 1024, 64, 8, 512),
     "small": Shape("small", 512, 256, 64, 8, 4096),
     "olmoe-16k": Shape("olmoe-16k", 2048, 1024, 64, 8, 16384),
+    "tiny-olmoe": Shape("tiny-olmoe", 128, 64, 16, 4, 2048),
 }
 BATCHED_MM_LIMIT_BYTES = 4 * 1024**3
 

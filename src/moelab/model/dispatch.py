@@ -27,6 +27,8 @@ class DispatchState:
 
     order_S: torch.Tensor
     """Assignment index (t*K + k) of each sorted row."""
+    inverse_S: torch.Tensor
+    """Sorted row of each assignment (the inverse permutation of order_S)."""
     weights_TK: torch.Tensor
     num_tokens: int
     top_k: int
@@ -46,15 +48,16 @@ class LocalDispatcher:
         T, K = expert_ids_TK.shape
         flat_ids = expert_ids_TK.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)
-        x_sorted_SD = x_TD[order // K]
+        # index_select, not x[idx]: several times faster on CPU, and its backward is index_add.
+        x_sorted_SD = x_TD.index_select(0, order // K)
         counts_E = torch.zeros(self.num_experts, dtype=torch.int64, device=x_TD.device)
         counts_E.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
-        return x_sorted_SD, counts_E, DispatchState(order, weights_TK, T, K, x_TD.dtype)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return x_sorted_SD, counts_E, DispatchState(order, inverse, weights_TK, T, K, x_TD.dtype)
 
     def combine(self, y_SD: torch.Tensor, state: DispatchState) -> torch.Tensor:
         """Weighted sum over each token's K expert outputs, in the original token order."""
-        y_unsorted = torch.empty_like(y_SD)
-        y_unsorted[state.order_S] = y_SD
-        y_TKD = y_unsorted.view(state.num_tokens, state.top_k, -1)
+        y_TKD = y_SD.index_select(0, state.inverse_S).view(state.num_tokens, state.top_k, -1)
         weighted = y_TKD * state.weights_TK.unsqueeze(-1)
         return weighted.sum(dim=1).to(state.out_dtype)

@@ -1,0 +1,182 @@
+"""Tokens/s of one training step: moelab vs transformers' Dots1/OLMoE on the same config and batch.
+
+Both sides start from identical weights (moelab writes an HF directory, transformers loads it)
+and run the same step: forward, cross-entropy, backward, gradient clipping, AdamW. transformers
+is timed under each experts implementation it registers; contenders are timed round-robin so
+background load hits them alike. MFU is reported where the device peak is known (GPUs).
+
+Usage:
+    python -P benchmarks/train_step.py                         # tiny-olmoe and tiny-dots on CPU
+    python -P benchmarks/train_step.py --device cuda --preset olmoe-1b-7b --layers 4 --seq 4096
+Writes benchmarks/results/train_step_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import moelab
+from moelab.model import ModelConfig, build_model
+from moelab.model.losses import cross_entropy
+from moelab.model.transformer import model_flops_per_token
+from moelab.train.metrics import detect_peak_tflops
+
+HF_IMPLS = ("eager", "grouped_mm", "batched_mm")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    return "cpu"
+
+
+def _step_fn(model, x, y, moelab_side: bool, dtype):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    autocast = dtype == torch.bfloat16
+
+    def step():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x).logits
+        loss = cross_entropy(logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def bench(
+    cfg: ModelConfig, batch: int, seq: int, device, dtype, rounds: int, min_time: float, hf_impls
+):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model = build_model(cfg, device="cpu", seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen)
+    inputs, targets = x[:, :-1].to(device), x[:, 1:].to(device)
+    steps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        moelab.save_pretrained(model, Path(tmp) / "hf")
+        for impl in hf_impls:
+            hf = transformers.AutoModelForCausalLM.from_pretrained(
+                Path(tmp) / "hf", experts_implementation=impl, attn_implementation="sdpa"
+            ).to(device)
+            hf.train()
+            steps[f"transformers {impl}"] = _step_fn(hf, inputs, targets, False, dtype)
+    ours = model.to(device)
+    ours.train()
+    steps["moelab"] = _step_fn(ours, inputs, targets, True, dtype)
+    first_losses = {name: fn() for name, fn in steps.items()}  # warm-up, and same start loss
+    times = {name: [] for name in steps}
+    start = time.perf_counter()
+    r = 0
+    while r < rounds or time.perf_counter() - start < min_time:
+        for name, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+        r += 1
+        if r >= 4 * rounds:
+            break
+    tokens = batch * seq
+    peak = detect_peak_tflops(device)
+    flops = model_flops_per_token(cfg, seq)
+    rows = []
+    for name, ts in times.items():
+        sec = statistics.median(ts)
+        tps = tokens / sec
+        rows.append(
+            {
+                "impl": name,
+                "step_ms": sec * 1e3,
+                "tokens_per_s": tps,
+                "mfu": tps * flops / (peak * 1e12) if peak else None,
+                "first_loss": first_losses[name],
+            }
+        )
+    by = {r_["impl"]: r_ for r_ in rows}
+    hf_rows = [r_ for r_ in rows if r_["impl"].startswith("transformers")]
+    fastest = max(hf_rows, key=lambda r_: r_["tokens_per_s"]) if hf_rows else None
+    for r_ in rows:
+        eager = by.get("transformers eager")
+        r_["vs_hf_eager"] = r_["tokens_per_s"] / eager["tokens_per_s"] if eager else None
+        r_["vs_hf_fastest"] = r_["tokens_per_s"] / fastest["tokens_per_s"] if fastest else None
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--presets", nargs="*", default=["tiny-olmoe", "tiny-dots"])
+    p.add_argument(
+        "--layers", type=int, default=None, help="override num_layers (full-size presets)"
+    )
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--min-time", type=float, default=10.0)
+    p.add_argument("--hf-impls", nargs="*", default=list(HF_IMPLS))
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    results = {}
+    for preset in args.presets:
+        overrides = [f"num_layers={args.layers}"] if args.layers else []
+        cfg = ModelConfig.from_dict({"preset": preset}, overrides)
+        rows = bench(
+            cfg, args.batch, args.seq, device, dtype, args.rounds, args.min_time, args.hf_impls
+        )
+        results[preset] = rows
+        print(
+            f"\n{preset}: batch {args.batch} × seq {args.seq}, {args.dtype}, {_device_name(device)}"
+        )
+        print(
+            f"{'impl':<26} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'vs HF eager':>11} {'vs HF fastest':>13} {'loss@0':>8}"
+        )
+        for r in rows:
+            mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] else "    -"
+            print(
+                f"{r['impl']:<26} {r['step_ms']:9.1f} {r['tokens_per_s']:10.0f} {mfu:>6} "
+                f"{r['vs_hf_eager'] or 0:10.2f}x {r['vs_hf_fastest'] or 0:12.2f}x {r['first_loss']:8.4f}"
+            )
+    out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "device": _device_name(device),
+                "torch": torch.__version__,
+                "batch": args.batch,
+                "seq": args.seq,
+                "dtype": args.dtype,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
