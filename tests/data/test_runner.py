@@ -90,7 +90,8 @@ def test_two_workers_give_the_same_output(crawl, reference, tmp_path):
 
 
 def test_resume_after_sigkill_loses_and_duplicates_nothing(crawl, reference, tmp_path):
-    cfg = _cfg(crawl, tmp_path / "run")
+    """kill -9 of `moelab data run` (2 worker processes) twice, then a plain rerun."""
+    cfg = _cfg(crawl, tmp_path / "run", workers=2)
     cfg_path = tmp_path / "cfg.yaml"
     cfg.to_yaml(cfg_path)
     run = Path(cfg.output_dir)
