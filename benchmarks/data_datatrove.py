@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         ours = run_moelab(tmp / "crawl", tmp / "ours")
         theirs = run_datatrove(tmp / "crawl", tmp / "dt")
-    import datatrove
+    from importlib.metadata import version
 
     pages = ours["pages_in"]
     result = {
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_at_end": os.getloadavg(),
         },
         "pages": pages,
-        "datatrove_version": getattr(datatrove, "__version__", "unknown"),
+        "datatrove_version": version("datatrove"),
         "moelab": ours | {"pages_per_s": round(pages / ours["wall_s"], 1)},
         "datatrove": theirs | {"pages_per_s": round(pages / theirs["wall_s"], 1)},
         "speedup_vs_datatrove": round(theirs["wall_s"] / ours["wall_s"], 2),

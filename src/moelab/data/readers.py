@@ -287,6 +287,7 @@ def _warc_records(data: bytes, source: str, ctx: StepContext, max_bytes: int) ->
 
 def _record_document(rec, source: str, ctx: StepContext, max_bytes: int) -> Document | None:
     record_id = (rec.record_id or "").strip("<>").removeprefix("urn:uuid:")
+    record_id = record_id or f"{Path(source).name}@{rec.stream_pos}"  # ids must be unique
     url = rec.headers.get("WARC-Target-URI")
     payload = rec.reader.read()
     if rec.content_length and len(payload) < rec.content_length:
