@@ -30,8 +30,8 @@ def test_model_info_yaml_with_override(capsys):
 
 
 def test_config_error_exits_2_with_field(capsys):
-    assert main(["model", "info", "tiny-dots", "moe.top_k=99"]) == 2
-    assert "moe.top_k: (99) must be between 1 and num_experts (16)" in capsys.readouterr().err
+    assert main(["model", "info", "tiny-dots", "moe.top_k=999"]) == 2
+    assert "moe.top_k: (999) must be between 1 and num_experts (128)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

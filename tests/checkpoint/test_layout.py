@@ -36,6 +36,13 @@ def test_save_and_load_round_trip(tmp_path, model):
     assert (info.step, info.tokens) == (10, 1000)
     _same(model, load_model(tmp_path))  # a run dir resolves to its latest checkpoint
     _same(model, load_model(path))
+    x = torch.randint(0, 4096, (2, 40))
+    with torch.no_grad():  # bit-identical compute, whatever offsets the file put tensors at
+        assert torch.equal(model(x).logits, load_model(path)(x).logits)
+        assert torch.equal(
+            model(x).logits,
+            moelab.load_pretrained(moelab.save_pretrained(model, tmp_path / "hf"))(x).logits,
+        )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

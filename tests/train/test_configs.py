@@ -30,7 +30,7 @@ def test_recipes_match_papers():
 
 def test_override_errors_name_nested_fields():
     with pytest.raises(ConfigError) as err:
-        TrainConfig.from_yaml(CONFIGS[0].parent / "tiny_dots.yaml", ["model.moe.top_k=99"])
+        TrainConfig.from_yaml(CONFIGS[0].parent / "tiny_dots.yaml", ["model.moe.top_k=999"])
     assert err.value.path == "model.moe.top_k"
     with pytest.raises(ConfigError, match="seq_len"):
         TrainConfig.from_yaml(CONFIGS[0].parent / "tiny_dots.yaml", ["batch.seq_len=4096"])

@@ -229,12 +229,22 @@ def load_pretrained(
             tensor = tensor.to(dtype)
         if name.endswith("expert_bias"):
             tensor = tensor.float()
-        state[name] = tensor.to(device)
+        state[name] = aligned(tensor.to(device))
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.rotary.inv_freq = model.rotary._inv_freq(torch.device(device))
     return model
+
+
+def aligned(tensor: torch.Tensor, alignment: int = 64) -> torch.Tensor:
+    """``tensor``, copied if its storage is not ``alignment``-byte aligned.
+
+    Tensors read from a safetensors file can sit at any offset of one buffer, and CPU GEMM
+    kernels pick different code paths (and round differently) for unaligned operands; aligned
+    copies make a reloaded model compute bit-identically to the one that was saved.
+    """
+    return tensor if tensor.data_ptr() % alignment == 0 else tensor.clone()
 
 
 def _compare(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> list[str]:

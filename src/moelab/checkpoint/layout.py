@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from moelab import __version__
-from moelab.checkpoint.hf import CheckpointError
+from moelab.checkpoint.hf import CheckpointError, aligned
 from moelab.model.config import ModelConfig
 from moelab.model.transformer import MoETransformer
 
@@ -205,7 +205,7 @@ def load_model_from_checkpoint(
             k: v.to(dtype) if v.is_floating_point() and not k.endswith("expert_bias") else v
             for k, v in state.items()
         }
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict({k: aligned(v) for k, v in state.items()}, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.rotary.inv_freq = model.rotary._inv_freq(torch.device(device))

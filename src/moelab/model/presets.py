@@ -3,8 +3,10 @@
 Values for the full-size models are the published ones (see ../shared/reference/model_spec.md
 §1); the parameter counts they give are checked by tests against a meta-device model:
 dots.llm1 142,774,373,888 total / 14,016,581,120 active, OLMoE-1B-7B 6,919,161,856 / 1,282,017,280.
-The tiny presets keep every architectural switch of their family and only shrink sizes; widths
-are multiples of 8 so grouped GEMM strides stay 16-byte aligned in bf16.
+The tiny presets keep every architectural switch of their family, and also its routing
+granularity (number of experts, top-k, shared experts), and shrink only the widths and depth:
+routing behaviour (load, saturation, specialisation) depends on E and k, so the toy models show
+the real thing. Widths are multiples of 8 so grouped GEMM strides stay 16-byte aligned in bf16.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def olmoe_1b_7b() -> ModelConfig:
 
 
 def tiny_dots() -> ModelConfig:
-    """dots.llm1's architecture at CPU size (about 3M parameters with a 4k vocabulary)."""
+    """dots.llm1's architecture and routing (128 experts, top-6, 2 shared) at CPU size (~6.5M params)."""
     cfg = dots_llm1()
     cfg.vocab_size = 4096
     cfg.hidden_size = 128
@@ -95,14 +97,12 @@ def tiny_dots() -> ModelConfig:
     cfg.attention = AttentionConfig(
         num_heads=4, num_kv_heads=4, head_dim=32, qk_norm="head", rope_theta=1e7
     )
-    cfg.moe.num_experts = 16
-    cfg.moe.top_k = 4
-    cfg.moe.expert_intermediate_size = 64
+    cfg.moe.expert_intermediate_size = 32
     return cfg
 
 
 def tiny_olmoe() -> ModelConfig:
-    """OLMoE's architecture at CPU size (about 3M parameters with a 4k vocabulary)."""
+    """OLMoE's architecture and routing (64 experts, top-8) at CPU size (~7.3M params)."""
     cfg = olmoe_1b_7b()
     cfg.vocab_size = 4096
     cfg.hidden_size = 128
@@ -114,8 +114,6 @@ def tiny_olmoe() -> ModelConfig:
     cfg.attention = AttentionConfig(
         num_heads=4, num_kv_heads=4, head_dim=32, qk_norm="full", rope_theta=10000.0
     )
-    cfg.moe.num_experts = 16
-    cfg.moe.top_k = 4
     cfg.moe.expert_intermediate_size = 64
     return cfg
 
