@@ -1,0 +1,281 @@
+"""Generation speed: moelab's engine against transformers' ``generate()``, and the server under load.
+
+Both sides get the same random weights (moelab builds the model, ``save_pretrained`` writes it,
+transformers loads that directory) and the same prompts (equal lengths, so transformers needs
+no padding), greedy, no stop token. Reported per batch size:
+
+* prefill tokens/s: prompt tokens / time to the first generated token;
+* decode tokens/s: generated tokens after the first / the time they took.
+
+transformers runs with its defaults (SDPA attention, its default experts implementation,
+DynamicCache). Then the OpenAI server (uvicorn on 127.0.0.1) is loaded by 1, 4 and 16
+concurrent clients, each sending --requests completions; reported: completion tokens/s over the
+whole run and the most requests the batching loop decoded together.
+
+Usage (``-P``: benchmarks/tokenize.py must not shadow the standard library's tokenize):
+    python -P benchmarks/infer_generate.py              # CPU, a small OLMoE-shaped model
+    python -P benchmarks/infer_generate.py --device cuda --preset olmoe-1b-7b --dtype bfloat16
+Writes benchmarks/results/infer_generate_<preset>_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import platform
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from moelab.checkpoint.hf import save_pretrained
+from moelab.infer.chat import builtin_template
+from moelab.infer.config import ServeConfig, ServeLimits
+from moelab.infer.engine import Engine
+from moelab.infer.sampling import SamplingParams
+from moelab.infer.text import TextGenerator
+from moelab.model import build_model, get_preset
+from moelab.model.config import ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def small_config(preset: str) -> ModelConfig:
+    """``small``: OLMoE's architecture at 8 layers × 512 wide, 32 experts top-4, 8k vocabulary."""
+    if preset != "small":
+        return get_preset(preset)
+    cfg = get_preset("tiny-olmoe")
+    cfg.hidden_size, cfg.num_layers, cfg.vocab_size = 512, 8, 8192
+    cfg.attention.num_heads, cfg.attention.num_kv_heads, cfg.attention.head_dim = 8, 8, 64
+    cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.expert_intermediate_size = 32, 4, 256
+    cfg.intermediate_size = 256
+    return cfg
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_moelab(model, prompts: torch.Tensor, new: int, device: str) -> float:
+    """Seconds to generate ``new`` tokens for every prompt (prefill included)."""
+    engine = Engine(model, max_batch=prompts.shape[0], max_len=prompts.shape[1] + new + 1)
+    requests = [engine.submit(row, SamplingParams(max_new_tokens=new)) for row in prompts.tolist()]
+    sync(device)
+    t0 = time.perf_counter()
+    while engine.has_work:
+        engine.step()
+    sync(device)
+    if any(len(r.output) != new for r in requests):
+        raise RuntimeError("moelab stopped early")
+    return time.perf_counter() - t0
+
+
+def time_hf(hf, prompts: torch.Tensor, new: int, device: str) -> float:
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.inference_mode():
+        sync(device)
+        t0 = time.perf_counter()
+        out = hf.generate(prompts, max_new_tokens=new, min_new_tokens=new, **kw)
+        sync(device)
+    if out.shape[1] != prompts.shape[1] + new:
+        raise RuntimeError("transformers stopped early")
+    return time.perf_counter() - t0
+
+
+def prefill_decode(fn, impl, prompts, args) -> tuple[float, float]:
+    """(prefill s, decode s): best-of-N time for 1 new token, and best-of-N for N minus that."""
+    first = min(fn(impl, prompts, 1, args.device) for _ in range(args.repeats))
+    total = min(fn(impl, prompts, args.new, args.device) for _ in range(args.repeats))
+    return first, total - first
+
+
+def bench_engine(model, hf, args) -> list[dict]:
+    rows = []
+    for batch in args.batches:
+        gen = torch.Generator().manual_seed(batch)
+        prompts = torch.randint(2, model.config.vocab_size, (batch, args.prompt_len), generator=gen)
+        prompts = prompts.to(args.device)
+        time_moelab(model, prompts, 4, args.device)  # warm-up
+        time_hf(hf, prompts, 4, args.device)
+        for name, fn, impl in (("moelab", time_moelab, model), ("transformers", time_hf, hf)):
+            prefill, decode = prefill_decode(fn, impl, prompts, args)
+            rows.append(
+                {
+                    "impl": name,
+                    "batch": batch,
+                    "prefill_tok_s": batch * args.prompt_len / prefill,
+                    "decode_tok_s": batch * (args.new - 1) / decode,
+                }
+            )
+    return rows
+
+
+def bench_server(model, tokenizer, args) -> list[dict]:
+    import httpx
+    import uvicorn
+
+    from moelab.infer.server import create_app
+
+    limits = ServeLimits(max_tokens=args.new, max_prompt_tokens=256)
+    cfg = ServeConfig(limits=limits, max_batch=16)
+    engine = Engine(model, max_batch=16, max_len=256 + args.new)
+    app = create_app(TextGenerator(engine, tokenizer, builtin_template("olmoe")), cfg, "bench")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    rows = []
+    try:
+        for clients in (1, 4, 16):
+            rows.append(_load(url, clients, args, httpx))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return rows
+
+
+def _load(url: str, clients: int, args, httpx) -> dict:
+    before = httpx.get(url + "/health").json()
+
+    def worker(i: int) -> int:
+        tokens = 0
+        with httpx.Client(timeout=600) as client:
+            for j in range(args.requests):
+                body = {
+                    "model": "bench",
+                    "prompt": f"request {i} {j} " * 8,
+                    "max_tokens": args.new,
+                    "temperature": 0,
+                }
+                r = client.post(url + "/v1/completions", json=body)
+                r.raise_for_status()
+                tokens += r.json()["usage"]["completion_tokens"]
+        return tokens
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        tokens = sum(pool.map(worker, range(clients)))
+    seconds = time.perf_counter() - t0
+    after = httpx.get(url + "/health").json()
+    return {
+        "clients": clients,
+        "requests": clients * args.requests,
+        "completion_tokens": tokens,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "steps": after["steps"] - before["steps"],
+        "tokens_per_step": (after["tokens"] - before["tokens"])
+        / max(1, after["steps"] - before["steps"]),
+    }
+
+
+def tiny_tokenizer(vocab: int):
+    from moelab.tokens.tokenizer import train_bpe
+
+    words = "the of and mixture experts router token shard model data layer request".split()
+    texts = [
+        " ".join(words[(i * 7 + j) % len(words)] for j in range(20)) + f" {i}" for i in range(500)
+    ]
+    return train_bpe(texts, vocab_size=min(vocab, 600))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=4, help="per client, server part")
+    ap.add_argument("--no-server", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 avoids OpenMP contention on a shared CPU)",
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    cfg = small_config(args.preset)
+    model = build_model(cfg, device=args.device, dtype=DTYPES[args.dtype], seed=0).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, Path(tmp) / "hf")
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            Path(tmp) / "hf", dtype=DTYPES[args.dtype]
+        )
+    hf = hf.to(args.device).eval()
+    engine_rows = bench_engine(model, hf, args)
+    print(
+        f"\n{args.preset} ({cfg.num_params() / 1e6:.1f}M params, {args.dtype}) on {args.device}, "
+        f"prompt {args.prompt_len}, {args.new} new tokens, greedy, best of {args.repeats}"
+    )
+    print(f"{'impl':<14}{'batch':>6}{'prefill tok/s':>16}{'decode tok/s':>15}{'decode vs HF':>14}")
+    hf_decode = {r["batch"]: r["decode_tok_s"] for r in engine_rows if r["impl"] == "transformers"}
+    hf_prefill = {
+        r["batch"]: r["prefill_tok_s"] for r in engine_rows if r["impl"] == "transformers"
+    }
+    for r in engine_rows:
+        r["decode_vs_hf"] = r["decode_tok_s"] / hf_decode[r["batch"]]
+        r["prefill_vs_hf"] = r["prefill_tok_s"] / hf_prefill[r["batch"]]
+        print(
+            f"{r['impl']:<14}{r['batch']:>6}{r['prefill_tok_s']:>16.0f}{r['decode_tok_s']:>15.1f}{r['decode_vs_hf']:>13.2f}x"
+        )
+    server_rows = []
+    if not args.no_server:
+        model = model.cpu() if args.device == "cpu" else model
+        server_rows = bench_server(model, tiny_tokenizer(cfg.vocab_size), args)
+        print(f"\nserver: {args.requests} requests per client, max_tokens {args.new}, greedy")
+        print(f"{'clients':>8}{'requests':>10}{'tok/s':>10}{'tokens/step':>13}")
+        for r in server_rows:
+            print(
+                f"{r['clients']:>8}{r['requests']:>10}{r['tok_s']:>10.1f}{r['tokens_per_step']:>13.2f}"
+            )
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine()
+    )
+    result = {
+        "device": args.device,
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "preset": args.preset,
+        "dtype": args.dtype,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new,
+        "engine": engine_rows,
+        "server": server_rows,
+        "decode_vs_hf_min": min(r["decode_vs_hf"] for r in engine_rows if r["impl"] == "moelab"),
+        "median_decode_vs_hf": statistics.median(
+            r["decode_vs_hf"] for r in engine_rows if r["impl"] == "moelab"
+        ),
+    }
+    out = (
+        Path(__file__).parent
+        / "results"
+        / f"infer_generate_{args.preset}_{args.device.split(':')[0]}.json"
+    )
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
