@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import time
 
 import pytest
 
@@ -214,3 +215,48 @@ def test_api_key_is_required_when_set(text_models, chat_tokenizer):
         good = openai.OpenAI(base_url=url + "/v1", api_key="sekrit", max_retries=0)
         out = good.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=0)
         assert out.usage.completion_tokens <= 2
+
+
+def test_streamed_choices_and_a_client_that_hangs_up(served):
+    url = served[0]
+    body = {
+        "model": MODEL,
+        "prompt": "the",
+        "max_tokens": 6,
+        "n": 2,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+        chunks = [
+            json.loads(line[6:]) for line in r.iter_lines() if line and line != "data: [DONE]"
+        ]
+    ref = _ref(served[1], "the", 6)[1].text
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
+        assert "".join(c["text"] for c in mine) == ref and mine[-1]["finish_reason"] == "length"
+
+
+def test_a_client_that_hangs_up_is_cancelled(text_models, chat_tokenizer):
+    limits = ServeLimits(max_tokens=900, max_prompt_tokens=48)
+    gen = TextGenerator(
+        Engine(text_models["olmoe"], max_batch=2, max_len=1000),
+        chat_tokenizer,
+        builtin_template("olmoe"),
+    )
+    with running_server(create_app(gen, ServeConfig(limits=limits), MODEL)) as url:
+        body = {
+            "model": MODEL,
+            "prompt": "the",
+            "max_tokens": 900,
+            "temperature": 0,
+            "stream": True,
+        }
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            next(r.iter_lines())  # one chunk, then hang up
+        deadline = time.monotonic() + 20
+        while httpx.get(url + "/health").json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = httpx.get(url + "/health").json()
+    assert health["running"] == 0 and health["cancelled"] == 1, health
+    assert health["tokens"] < 900, health

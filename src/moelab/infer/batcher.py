@@ -62,6 +62,8 @@ class LoopStats:
     tokens: int = 0
     max_running: int = 0
     """Most requests decoded together in one step since start."""
+    cancelled: int = 0
+    """Requests stopped before their end (a client hung up)."""
 
 
 class BatchingLoop:
@@ -117,7 +119,8 @@ class BatchingLoop:
     def _handle_command(self, kind: str, handle: Handle) -> None:
         if kind == "cancel":
             handle.cancelled = True
-            if handle.request is not None:
+            if handle.request is not None and not handle.request.done:
+                self.stats.cancelled += 1
                 self.engine.cancel(handle.request)
                 self._handles.pop(handle.request.id, None)
             return

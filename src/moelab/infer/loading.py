@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from moelab.checkpoint.export import find_tokenizer
 from moelab.checkpoint.layout import load_model, resolve_model_path
 from moelab.infer.chat import load_chat_template
 from moelab.infer.engine import Engine
@@ -25,18 +26,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def find_tokenizer_dir(model_path: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """The directory (or file) holding tokenizer.json; raises FileNotFoundError saying where it looked."""
-    if tokenizer is not None:
-        return Path(tokenizer)
-    _, resolved = resolve_model_path(model_path)
-    candidates = [resolved, Path(model_path)]
-    for directory in candidates:
-        if (directory / "tokenizer.json").is_file():
-            return directory
-    raise FileNotFoundError(
-        f"no tokenizer.json in {' or '.join(map(str, dict.fromkeys(candidates)))}; "
-        "pass --tokenizer PATH"
-    )
+    """The directory holding tokenizer.json; raises FileNotFoundError saying where it looked."""
+    found = find_tokenizer(model_path, tokenizer)
+    if found is None:
+        _, resolved = resolve_model_path(model_path)
+        places = dict.fromkeys(map(str, (resolved, Path(model_path))))
+        raise FileNotFoundError(
+            f"no tokenizer.json in {' or '.join(places)}; pass --tokenizer PATH"
+        )
+    return found
 
 
 def load_generator(
@@ -54,8 +52,7 @@ def load_generator(
     tok_path = find_tokenizer_dir(model_path, tokenizer)
     model = load_model(model_path, dtype=DTYPES.get(dtype or ""), device=device)
     tok = Tokenizer.from_file(tok_path)
-    tok_dir = tok_path if tok_path.is_dir() else tok_path.parent
-    template = load_chat_template(tok_dir, model.config.family)
+    template = load_chat_template(tok_path, model.config.family)
     context = model.config.max_position_embeddings
     engine = Engine(model, max_batch=max_batch, max_len=min(max_len or context, context))
     return TextGenerator(engine, tok, template)

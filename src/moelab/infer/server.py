@@ -263,6 +263,7 @@ def create_app(generator: TextGenerator, config: ServeConfig, model_name: str) -
             "steps": stats.steps,
             "tokens": stats.tokens,
             "max_running": stats.max_running,
+            "cancelled": stats.cancelled,
         }
 
     @app.get("/v1/models")
