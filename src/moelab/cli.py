@@ -24,6 +24,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "generate": "moelab.commands.generate",
     "serve": "moelab.commands.serve",
     "export": "moelab.commands.export",
+    "eval": "moelab.commands.eval",
     "train": "moelab.commands.train",
 }
 

@@ -1,0 +1,1 @@
+"""Evaluation of trained models: held-out perplexity (``perplexity``) and the lm-eval adapter."""
