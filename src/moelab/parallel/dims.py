@@ -1,0 +1,85 @@
+"""Parallel dimensions: pure validation against the world size, then the DeviceMesh.
+
+Layout (outermost first): ``pp × dp_replicate × dp_shard``. Expert parallelism borrows from the
+sharded data-parallel dimension (as in torchtitan): ``dp_shard = dp_shard_mod_ep × ep``, so the
+EP ranks of one expert group also hold different data. Non-expert weights are FSDP-sharded over
+``dp_shard``; expert weights are split over ``ep`` and FSDP-sharded over ``dp_shard_mod_ep``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moelab.config import Config, ConfigError
+
+
+@dataclass
+class ParallelDims(Config):
+    dp_replicate: int = 1
+    """HSDP replicas (1 = plain FSDP)."""
+    dp_shard: int = -1
+    """FSDP shard group size; -1 = whatever the world size leaves."""
+    ep: int = 1
+    """Expert-parallel degree; must divide dp_shard and the number of experts."""
+    pp: int = 1
+    """Pipeline stages."""
+
+    def validate(self, path: str) -> None:
+        for name in ("dp_replicate", "ep", "pp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"{path}.{name}" if path else name, f"must be >= 1, got {getattr(self, name)}"
+                )
+        if self.dp_shard == 0 or self.dp_shard < -1:
+            raise ConfigError(
+                f"{path}.dp_shard" if path else "dp_shard",
+                f"must be -1 or >= 1, got {self.dp_shard}",
+            )
+
+    def resolve(self, world_size: int, num_experts: int | None = None) -> ParallelDims:
+        """Fill dp_shard = -1 and check every product against the world size."""
+        fixed = self.dp_replicate * self.pp
+        dp_shard = self.dp_shard
+        if dp_shard == -1:
+            if world_size % fixed:
+                raise ConfigError(
+                    "parallel",
+                    f"world size {world_size} is not divisible by dp_replicate × pp = {fixed}",
+                )
+            dp_shard = world_size // fixed
+        if fixed * dp_shard != world_size:
+            raise ConfigError(
+                "parallel",
+                f"pp ({self.pp}) × dp_replicate ({self.dp_replicate}) × dp_shard ({dp_shard}) = "
+                f"{fixed * dp_shard}, but the world size is {world_size}",
+            )
+        if dp_shard % self.ep:
+            raise ConfigError("parallel.ep", f"({self.ep}) must divide dp_shard ({dp_shard})")
+        if num_experts is not None and num_experts % self.ep:
+            raise ConfigError(
+                "parallel.ep", f"({self.ep}) must divide the number of experts ({num_experts})"
+            )
+        return ParallelDims(self.dp_replicate, dp_shard, self.ep, self.pp)
+
+    @property
+    def dp_shard_mod_ep(self) -> int:
+        return self.dp_shard // self.ep
+
+    @property
+    def dp_size(self) -> int:
+        """Ranks that see different data (for the loader and for averaging)."""
+        return self.dp_replicate * self.dp_shard
+
+    def build_mesh(self, device_type: str):
+        """The world DeviceMesh with named dims, plus flattened ``dp`` / ``dp_shard`` / ``efsdp`` views."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if self.dp_shard < 1:
+            raise ValueError("call resolve(world_size) before build_mesh()")
+        names = ("pp", "dp_replicate", "dp_shard_mod_ep", "ep")
+        shape = (self.pp, self.dp_replicate, self.dp_shard_mod_ep, self.ep)
+        mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
+        mesh["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
+        mesh["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
+        mesh["dp_replicate", "dp_shard_mod_ep"]._flatten("efsdp_dp")
+        return mesh
