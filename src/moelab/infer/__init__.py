@@ -1,1 +1,11 @@
-"""Stage 4a: checkpoint → tokens → text. Generation knows nothing about tokenization."""
+"""Stage 4a: checkpoint → tokens → text. Generation knows nothing about tokenization.
+
+Layers, each knowing less than the one above it:
+
+* ``engine.Engine`` (with ``kv_cache`` and ``sampling``): token ids in, token ids out;
+  continuous batching over preallocated KV-cache rows.
+* ``text.TextGenerator`` (with ``chat``): text and chat messages in, text out; stop strings.
+* ``batcher.BatchingLoop`` + ``server.create_app`` (with ``protocol``, ``config``): the
+  OpenAI-compatible HTTP API, every client's requests decoded together.
+* ``loading.load_generator``: all of the above from a checkpoint path.
+"""
