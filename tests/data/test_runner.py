@@ -110,6 +110,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(crawl, reference, tmp
     assert kills >= 1 and not (run / "DONE").exists()
     run_pipeline(DataConfig.from_yaml(cfg_path), log=lambda _: None)
     assert _result(run) == _result(reference)
+    assert not [p for p in run.rglob("*.tmp.*") if "work" not in p.parts], "partial files left"
     ids = [i for i, _ in _result(run)[0]]
     assert len(ids) == len(set(ids))
 

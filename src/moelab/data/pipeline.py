@@ -214,8 +214,18 @@ class Pipeline:
         """What a phase reads: the previous phase's output (a global step never opens phase 0)."""
         return read_documents(self.docs_path(phase - 1, shard))
 
+    def _clear_partial(self, phase: int, shard: int) -> None:
+        """Remove temporary files a killed attempt at this task left behind."""
+        name = f"{shard:05d}.jsonl.gz.tmp.*"
+        for stale in [
+            *self.docs_path(phase, shard).parent.glob(name),
+            *(self.run_dir / "removed").glob(f"*/{name}"),
+        ]:
+            stale.unlink(missing_ok=True)
+
     def _run_map(self, phase: int, shard: int, start: float) -> None:
         ph = self.phases[phase]
+        self._clear_partial(phase, shard)
         removed = RemovedWriter(
             self.run_dir / "removed", shard, self.cfg.write_removed, self.cfg.compression_level
         )

@@ -48,7 +48,10 @@ def tokenize(text: str, zh_tokenizer: str = "jieba") -> list[str]:
     if zh_tokenizer == "chars":
         return [t for word in norm.split() for t in (list(word) if _CJK.search(word) else [word])]
     if zh_tokenizer == "rjieba":
-        import rjieba
+        try:
+            import rjieba
+        except ImportError as err:
+            raise ImportError("minhash.zh_tokenizer=rjieba needs `pip install rjieba`") from err
 
         return [t for t in rjieba.cut(norm) if not t.isspace()]
     import jieba
