@@ -25,6 +25,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "serve": "moelab.commands.serve",
     "export": "moelab.commands.export",
     "eval": "moelab.commands.eval",
+    "analyze": "moelab.commands.analyze",
     "train": "moelab.commands.train",
 }
 
