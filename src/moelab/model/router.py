@@ -69,7 +69,13 @@ class Router(nn.Module):
             super()._apply(fn, recurse)
         finally:
             self._buffers["expert_bias"] = bias
-        self._buffers["expert_bias"] = bias.to(device=fn(bias).device)
+        moved = fn(bias)
+        if moved.dtype == torch.float32:  # a device move, to_empty(), ...
+            self._buffers["expert_bias"] = moved
+        elif bias.is_meta:
+            self._buffers["expert_bias"] = moved.float()
+        else:  # a dtype cast: keep the fp32 values, follow only the device
+            self._buffers["expert_bias"] = bias.to(device=moved.device)
         return self
 
     def forward(self, x_TD: torch.Tensor) -> RouterOutput:
