@@ -121,6 +121,7 @@ def test_n_choices_and_token_prompts(client, served):
     )
     assert [c.index for c in out.choices] == [0, 1, 2]
     assert len({c.text for c in out.choices}) > 1  # seeds 5, 6, 7 differ
+    assert out.usage.prompt_tokens == len(served[1].prompt_ids("the"))  # counted once, not n times
     again = client.completions.create(
         model=MODEL, prompt="the", max_tokens=8, n=3, temperature=1.0, seed=5
     )

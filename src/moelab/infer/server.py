@@ -131,8 +131,9 @@ async def _collect(handle: Handle) -> Update:
             return update
 
 
-def _usage(prompts: list[list[int]], n: int, updates: list[Update]) -> dict[str, int]:
-    prompt_tokens = sum(len(p) for p in prompts) * n
+def _usage(prompts: list[list[int]], updates: list[Update]) -> dict[str, int]:
+    """Usage as OpenAI and vLLM count it: each prompt once, however many choices (n)."""
+    prompt_tokens = sum(len(p) for p in prompts)
     completion = sum(u.completion_tokens for u in updates)
     return {
         "prompt_tokens": prompt_tokens,
@@ -169,7 +170,7 @@ async def _complete(server: Server, req: GenerationRequest, prompts, handles) ->
         "created": int(time.time()),
         "model": server.model_name,
         "choices": [_choice(chat, i, u) for i, u in enumerate(updates)],
-        "usage": _usage(prompts, len(req.params), updates),
+        "usage": _usage(prompts, updates),
     }
 
 
@@ -216,7 +217,7 @@ async def _stream(server: Server, req: GenerationRequest, prompts, handles) -> A
             if update.done:
                 yield chunk(index, None, update.finish_reason)
         if req.include_usage:
-            usage = _usage(prompts, len(req.params), list(finals.values()))
+            usage = _usage(prompts, list(finals.values()))
             yield _sse({**base, "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
     finally:
