@@ -25,11 +25,22 @@ def test_numpy_minhash_is_bit_exact_against_python_integers():
     mh = NumpyMinHash(64, seed=3)
     rng = np.random.default_rng(0)
     shingles = rng.integers(0, 2**64, size=50, dtype=np.uint64)
-    expected = [
-        min((int(a) * (int(x) % MERSENNE_61) + int(b)) % MERSENNE_61 for x in shingles)
-        for a, b in zip(mh.a, mh.b, strict=True)
+    edges = [0, 1, MERSENNE_61 - 1, MERSENNE_61, MERSENNE_61 + 1, 2**62, 2**64 - 1]
+    shingles = np.r_[shingles, np.array(edges, dtype=np.uint64)]
+    mh.a[:3] = [MERSENNE_61 - 1, 1, 2**60]
+    mh.b[:3] = [MERSENNE_61 - 1, 0, 1]
+    mh._a1, mh._a0 = (mh.a >> np.uint64(31))[None, :], (mh.a & np.uint64(2**31 - 1))[None, :]
+    mh._b = mh.b[None, :]
+    table = [
+        [
+            (int(a) * (int(x) % MERSENNE_61) + int(b)) % MERSENNE_61
+            for a, b in zip(mh.a, mh.b, strict=True)
+        ]
+        for x in shingles
     ]
-    assert mh.signature(shingles).tolist() == expected
+    reduced = np.array([int(x) % MERSENNE_61 for x in shingles], dtype=np.uint64)
+    assert mh._hash(reduced).tolist() == table, "every (shingle, hash) value, edges included"
+    assert mh.signature(shingles).tolist() == [min(col) for col in zip(*table, strict=True)]
 
 
 def test_numpy_batched_signatures_equal_per_document_ones():

@@ -148,17 +148,29 @@ def shingle_hashes(words: list[str], n: int = 5) -> np.ndarray:
     return np.unique(keys)
 
 
-def _mulmod61(a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Exact ``(a * x) mod (2^61 − 1)`` for a, x < 2^61, broadcasting, in 31-bit limbs."""
-    mask31 = np.uint64((1 << 31) - 1)
-    a1, a0 = a >> np.uint64(31), a & mask31
-    x1, x0 = x >> np.uint64(31), x & mask31
-    hi = a1 * x1  # < 2^60, weight 2^62 ≡ 2
-    mid = a1 * x0 + a0 * x1  # < 2^62, weight 2^31
-    lo = a0 * x0  # < 2^62
-    mid_hi, mid_lo = mid >> np.uint64(30), mid & np.uint64((1 << 30) - 1)
-    v = _mod61(hi * np.uint64(2)) + mid_hi + _mod61(mid_lo << np.uint64(31)) + _mod61(lo)
-    return _mod61(_mod61(v))
+_M30 = np.uint64((1 << 30) - 1)
+_M31 = np.uint64((1 << 31) - 1)
+
+
+def _affine61(a1, a0, b, x1, x0) -> np.ndarray:
+    """Exact ``(a·x + b) mod (2^61 − 1)``, fully reduced, from 31-bit limbs of a and x.
+
+    a·x = a1·x1·2^62 + (a1·x0 + a0·x1)·2^31 + a0·x0, and 2^61 ≡ 1: every partial product fits
+    64 bits and the sum stays below 2^63 + 2^32 before the first fold, so nothing wraps.
+    """
+    v = a1 * x0
+    v += a0 * x1  # mid < 2^62
+    v = (v >> np.uint64(30)) + ((v & _M30) << np.uint64(31))  # mid·2^31 folded: < 2^61 + 2^32
+    v += (a1 * x1) << np.uint64(1)  # a1·x1·2^62 ≡ 2·a1·x1 < 2^61
+    v += a0 * x0  # < 2^62: total < 2^63 + 2^32
+    v = (v & _P) + (v >> np.uint64(61))
+    v += b
+    v = (v & _P) + (v >> np.uint64(61))  # < 2^61 + 2
+    return np.minimum(v, v - _P)  # v − P wraps around when v < P
+
+
+def _limbs(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return v >> np.uint64(31), v & _M31
 
 
 def _mod61(v: np.ndarray) -> np.ndarray:
@@ -173,6 +185,13 @@ class NumpyMinHash:
         rng = np.random.default_rng(seed)
         self.a = rng.integers(1, MERSENNE_61, size=num_perm, dtype=np.uint64)
         self.b = rng.integers(0, MERSENNE_61, size=num_perm, dtype=np.uint64)
+        a1, a0 = _limbs(self.a)
+        self._a1, self._a0, self._b = a1[None, :], a0[None, :], self.b[None, :]
+
+    def _hash(self, x: np.ndarray) -> np.ndarray:
+        """(len(x), num_perm) values of every hash on reduced shingles ``x`` (< 2^61)."""
+        x1, x0 = _limbs(x[:, None])
+        return _affine61(self._a1, self._a0, self._b, x1, x0)
 
     def signature(self, shingles: np.ndarray) -> np.ndarray:
         """(num_perm,) uint64 minimum of each hash over the shingles (all-ones if empty)."""
@@ -182,9 +201,7 @@ class NumpyMinHash:
         out = np.full(len(self.a), np.iinfo(np.uint64).max, dtype=np.uint64)
         step = max(1, (1 << 18) // len(self.a))
         for s in range(0, len(x), step):
-            chunk = x[s : s + step, None]
-            vals = _mod61(_mulmod61(self.a[None, :], chunk) + self.b[None, :])
-            out = np.minimum(out, vals.min(axis=0))
+            out = np.minimum(out, self._hash(x[s : s + step]).min(axis=0))
         return out
 
     def signatures_flat(self, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -206,7 +223,7 @@ class NumpyMinHash:
                 continue
             rows = np.flatnonzero(offsets[d:end] < offsets[d + 1 : end + 1]) + d
             if len(rows):
-                vals = _mod61(_mulmod61(self.a[None, :], x[lo:hi, None]) + self.b[None, :])
+                vals = self._hash(x[lo:hi])
                 out[rows] = np.minimum.reduceat(vals, offsets[rows] - lo, axis=0)
             d = end
         return out
