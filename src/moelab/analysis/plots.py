@@ -120,7 +120,11 @@ def fig_domains(metrics: dict) -> bytes | None:
     picks = _pick_layers(len(finals))
     names = [d["name"] for d in metrics["domains"]]
     fig, axes = plt.subplots(
-        len(picks), 1, figsize=(13, 0.8 + (0.3 * len(names) + 0.6) * len(picks)), squeeze=False
+        len(picks),
+        1,
+        figsize=(13, 0.8 + (0.3 * len(names) + 0.9) * len(picks)),
+        squeeze=False,
+        gridspec_kw={"hspace": 0.9},
     )
     for ax, i in zip(axes[:, 0], picks, strict=True):
         share = np.array(finals[i]["domain_share"]) / metrics["uniform_share"]

@@ -44,9 +44,9 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
+def _table(header: list[str], rows: list[list[Any]], left: tuple[int, ...] = (0,)) -> str:
     def cell(tag: str, i: int, v: Any) -> str:
-        cls = ' class="l"' if i < left else ""
+        cls = ' class="l"' if i in left else ""
         return f"<{tag}{cls}>{html.escape(str(v))}</{tag}>"
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
@@ -82,17 +82,23 @@ def _checkpoint_table(metrics: dict) -> str:
 
 
 def _top_tokens_table(metrics: dict, max_experts: int = 16) -> str:
+    """The most specialised experts of the last MoE layer (by their top token's share)."""
     last = metrics["final"]["per_layer"][-1]
+    ranked = sorted(
+        enumerate(last["top_tokens"]),
+        key=lambda et: (-et[1][0]["share"], -et[1][0]["count"]) if et[1] else (1, 0),
+    )
     rows = []
-    for e, tokens in enumerate(last["top_tokens"][:max_experts]):
+    for e, tokens in ranked[:max_experts]:
         shown = ", ".join(f"{t.get('text', t['id'])!r} {t['share']:.2f}" for t in tokens[:6])
         rows.append([e, shown or "(no frequent token)"])
-    more = len(last["top_tokens"]) - max_experts
-    note = f'<p class="sub">… {more} more experts in metrics.json</p>' if more > 0 else ""
-    return (
-        f"<p class='note'>Layer {last['layer']}: each expert's frequent tokens with the share of "
-        "their occurrences routed to it.</p>" + _table(["expert", "tokens (share)"], rows, 2) + note
+    note = (
+        f"<p class='note'>Layer {last['layer']}, the {min(max_experts, len(ranked))} of "
+        f"{len(ranked)} experts whose top token is most concentrated on them: each expert's "
+        "frequent tokens with the share of their occurrences routed to it (all experts are in "
+        "metrics.json).</p>"
     )
+    return note + _table(["expert", "tokens (share)"], rows, (1,))
 
 
 def _funnel_table(funnel: list[dict]) -> str:
@@ -103,7 +109,7 @@ def _funnel_table(funnel: list[dict]) -> str:
             f"{k} {v:,}" for k, v in sorted(f.get("dropped", {}).items(), key=lambda kv: -kv[1])
         )
         rows.append([f["step"], f"{f['docs_in']:,}", f"{f['docs_out']:,}", kept, reasons])
-    return _table(["step", "docs in", "docs out", "kept", "dropped because"], rows)
+    return _table(["step", "docs in", "docs out", "kept", "dropped because"], rows, (0, 4))
 
 
 def _section(title: str, body: str) -> str:
