@@ -50,6 +50,23 @@ def _x(metrics: dict) -> tuple[list[float], str]:
     return list(range(len(tokens))), "checkpoint"
 
 
+def _si(value: float, _pos: object = None) -> str:
+    """Tick label: 51200 -> 51k, 1.2e6 -> 1.2M."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def _token_axis(ax, xlabel: str) -> None:
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    if xlabel == "training tokens":
+        ax.xaxis.set_major_formatter(FuncFormatter(_si))
+
+
 def _value(layer: dict, key: str) -> float | None:
     v = layer.get(key)
     return v["mean"] if isinstance(v, dict) else v
@@ -69,7 +86,7 @@ def fig_curves(metrics: dict) -> bytes:
         if key == "distinct_experts_per_seq":
             ax.axhline(metrics["num_experts"], color="grey", ls=":", lw=1)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel(xlabel, fontsize=8)
+        _token_axis(ax, xlabel)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
@@ -151,7 +168,7 @@ def fig_training(rows: list[dict]) -> bytes | None:
     for ax, key in zip(axes, ("loss", "lr", "max_vio"), strict=True):
         ax.plot(x, [r.get(key, np.nan) for r in rows], lw=1.2)
         ax.set_title(key, fontsize=10)
-        ax.set_xlabel("training tokens", fontsize=8)
+        _token_axis(ax, "training tokens")
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -43,7 +43,9 @@ def _add_token_text(metrics: dict, tok: Tokenizer) -> None:
     for layer in metrics["final"]["per_layer"]:
         for tokens in layer["top_tokens"]:
             for t in tokens:
-                t["text"] = tok.decode([t["id"]])
+                text = tok.decode([t["id"]])
+                # a byte-level token holding part of a UTF-8 character decodes to U+FFFD
+                t["text"] = text if "\ufffd" not in text else f"<part of a character, id {t['id']}>"
 
 
 def build_sample(
