@@ -97,3 +97,27 @@ def test_cli_reports_a_trained_run_below_the_uniform_perplexity(tmp_path, capsys
     assert record == json.loads(out.read_text())
     assert record["bits_per_byte"] is None  # synthetic shards: no tokenizer to count bytes
     assert 1 < record["perplexity"] < 0.5 * 64  # learned the walk: far below uniform (64)
+
+
+def test_unigram_baseline_scores_the_same_targets_and_matches_its_formula(tmp_path):
+    from moelab.eval.perplexity import unigram_counts, unigram_perplexity
+
+    shards = _shards(tmp_path / "s", [[1, 1, 1, 2], [3, 1]])  # stream 1 1 1 2 3 1
+    counts = unigram_counts(shards, 50)
+    assert counts[:4].tolist() == [0, 4, 1, 1] and counts.sum() == 6
+    result = unigram_perplexity(counts, shards)
+    p = lambda c: (c + 1) / (6 + 50)  # noqa: E731
+    expected = -(3 * math.log(p(4)) + 2 * math.log(p(1))) / 5  # targets 1 1 2 3 1
+    assert result.tokens == 5 and result.loss == pytest.approx(expected)
+
+
+def test_cli_compares_with_the_unigram_baseline(tmp_path, capsys):
+    from moelab.train.trainer import train
+
+    shards = make_shards(tmp_path / "shards")
+    train(tiny_config(tmp_path, shards, max_steps=30), log=lambda _m: None)
+    args = ["eval", "perplexity", str(tmp_path / "run"), "--data", str(shards)]
+    assert main([*args, "--seq-len", "16", "--unigram-from", str(shards), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    # the walk is predictable from the previous token, invisible to a unigram
+    assert record["perplexity"] < 0.5 * record["unigram"]["perplexity"]

@@ -56,6 +56,12 @@ def _perplexity(args: argparse.Namespace) -> int:
     )
     record = {"ckpt": str(args.ckpt), "data": str(args.data), "seq_len": seq_len}
     record.update(result.to_dict())
+    if args.unigram_from:
+        from moelab.eval.perplexity import unigram_counts, unigram_perplexity
+
+        counts = unigram_counts(args.unigram_from, model.config.vocab_size)
+        base = unigram_perplexity(counts, reader, max_tokens=args.max_tokens, byte_lengths=table)
+        record["unigram"] = {"counts_from": str(args.unigram_from)} | base.to_dict()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
@@ -67,6 +73,12 @@ def _perplexity(args: argparse.Namespace) -> int:
         f"tokens {result.tokens:,}  loss {result.loss:.4f}  perplexity {result.perplexity:.3f}  "
         f"bits/byte {bpb}  ({result.tokens_per_s:,.0f} tok/s)"
     )
+    if "unigram" in record:
+        base = record["unigram"]
+        print(
+            f"unigram baseline: loss {base['loss']:.4f}  perplexity {base['perplexity']:.3f}  "
+            f"(model/baseline perplexity {result.perplexity / base['perplexity']:.3f})"
+        )
     return 0
 
 
@@ -80,6 +92,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=512, help="context per window")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N")
+    p.add_argument(
+        "--unigram-from", default=None, help="also score an add-one unigram fitted on these shards"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="also write the result JSON here")
     p.add_argument("--json", action="store_true", help="print JSON")

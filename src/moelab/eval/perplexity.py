@@ -112,6 +112,42 @@ def _batches(windows: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndar
         yield np.stack(pending)
 
 
+def unigram_counts(shards: str | Path | ShardReader, vocab_size: int) -> np.ndarray:
+    """Occurrences of each token id in a shard folder (for the unigram baseline)."""
+    reader = shards if isinstance(shards, ShardReader) else ShardReader(shards)
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    step = 1 << 22
+    for start in range(0, reader.num_tokens, step):
+        chunk = reader.read(start, min(step, reader.num_tokens - start))
+        counts += np.bincount(chunk, minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def unigram_perplexity(
+    counts: np.ndarray,
+    shards: str | Path | ShardReader,
+    *,
+    max_tokens: int | None = None,
+    byte_lengths: np.ndarray | None = None,
+) -> PerplexityResult:
+    """The baseline a model must beat: add-one smoothed unigram probabilities from ``counts``,
+    scored on exactly the targets ``evaluate_perplexity`` scores (every token but the first)."""
+    reader = shards if isinstance(shards, ShardReader) else ShardReader(shards)
+    limit = reader.num_tokens if max_tokens is None else min(max_tokens, reader.num_tokens)
+    if limit < 2:
+        raise ValueError(f"{reader.directory}: need at least 2 tokens to evaluate, have {limit}")
+    logp = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    targets = reader.read(1, limit - 1).astype(np.int64)
+    if int(targets.max()) >= len(counts):
+        raise ValueError(f"token id {int(targets.max())} outside the {len(counts)} counted ids")
+    nats = float(-logp[targets].sum())
+    result = PerplexityResult(len(targets), nats / len(targets), math.exp(nats / len(targets)))
+    if byte_lengths is not None:
+        result.bytes = int(byte_lengths[targets].sum())
+        result.bits_per_byte = nats / math.log(2) / result.bytes if result.bytes else None
+    return result
+
+
 @torch.no_grad()
 def _batch_nats(model: torch.nn.Module, rows: np.ndarray, device: torch.device) -> float:
     data = torch.from_numpy(rows).to(device)
