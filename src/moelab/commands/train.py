@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -12,6 +13,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.from_yaml(args.config, args.overrides)
     summary = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     last = summary["last"]
     if last is None:
         print(f"nothing to do: already at max_steps ({cfg.max_steps}) in {cfg.out_dir}")

@@ -70,16 +70,27 @@ class ParallelDims(Config):
         """Ranks that see different data (for the loader and for averaging)."""
         return self.dp_replicate * self.dp_shard
 
-    def build_mesh(self, device_type: str):
-        """The world DeviceMesh with named dims, plus flattened ``dp`` / ``dp_shard`` / ``efsdp`` views."""
+    def build_mesh(self, device_type: str) -> dict:
+        """Named DeviceMeshes: ``world`` and its 1-D views ``pp``, ``ep``, ``dp_shard``, ``dp``,
+        ``efsdp_dp`` (the ranks that hold the same experts), and ``fsdp`` (what FSDP shards over:
+        1-D dp_shard, or 2-D (dp_replicate, dp_shard) for HSDP)."""
         from torch.distributed.device_mesh import init_device_mesh
 
         if self.dp_shard < 1:
             raise ValueError("call resolve(world_size) before build_mesh()")
         names = ("pp", "dp_replicate", "dp_shard_mod_ep", "ep")
         shape = (self.pp, self.dp_replicate, self.dp_shard_mod_ep, self.ep)
-        mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
-        mesh["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
-        mesh["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
-        mesh["dp_replicate", "dp_shard_mod_ep"]._flatten("efsdp_dp")
-        return mesh
+        world = init_device_mesh(device_type, shape, mesh_dim_names=names)
+        meshes = {
+            "world": world,
+            "pp": world["pp"],
+            "ep": world["ep"],
+            "dp_shard": world["dp_shard_mod_ep", "ep"]._flatten("dp_shard"),
+            "dp": world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp"),
+            "efsdp_dp": world["dp_replicate", "dp_shard_mod_ep"]._flatten("efsdp_dp"),
+        }
+        # HSDP: a 2-D (replicate, shard) slice that includes the flattened dp_shard dim.
+        meshes["fsdp"] = (
+            world["dp_replicate", "dp_shard"] if self.dp_replicate > 1 else meshes["dp_shard"]
+        )
+        return meshes

@@ -11,6 +11,7 @@ from typing import Literal
 
 from moelab.config import Config, ConfigError
 from moelab.model.config import ModelConfig
+from moelab.parallel.dims import ParallelDims
 
 
 @dataclass
@@ -139,6 +140,8 @@ class TrainConfig(Config):
     batch: BatchConfig = field(default_factory=BatchConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelDims = field(default_factory=ParallelDims)
+    """Used when started by torchrun (WORLD_SIZE > 1); ignored in a single process."""
     out_dir: str = "runs/train"
     max_steps: int = 100
     seed: int = 0

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moelab.checkpoint.dcp import load_dcp, save_dcp
 from moelab.checkpoint.hf import CheckpointError
 from moelab.checkpoint.layout import (
     TRAIN_STATE,
@@ -41,6 +42,8 @@ from moelab.model.transformer import MoETransformer, build_model, model_flops_pe
 from moelab.tokens.loader import TokenLoader
 from moelab.train.balance import load_metrics, update_expert_bias
 from moelab.train.config import TrainConfig
+from moelab.train.distributed import setup as setup_distributed
+from moelab.train.distributed import shard_model
 from moelab.train.metrics import MetricsLogger, detect_peak_tflops
 from moelab.train.optim import build_optimizer
 from moelab.train.schedule import global_batch_at, lr_at
@@ -57,11 +60,13 @@ class Trainer:
         self.cfg, self.log = cfg, log
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = torch.device(cfg.device)
+        self.dist = setup_distributed(cfg.parallel, cfg.device, cfg.model.moe.num_experts)
+        self.device = self.dist.device
         self.out_dir = Path(cfg.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.seed)
         self.model: MoETransformer = build_model(cfg.model, device=self.device, seed=cfg.seed)
+        shard_model(self.model, self.dist)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         if not cfg.data.shards:
             raise ValueError("data.shards is required: a folder made by `moelab tokens tokenize`")
@@ -73,11 +78,14 @@ class Trainer:
             tokenizer_hash=cfg.data.tokenizer_hash,
             vocab_size=cfg.model.vocab_size,
             as_torch=True,
+            rank=self.dist.dp_rank,
+            world_size=self.dist.dp_size,
         )
         self.state = TrainState()
         if resume:
             self._resume(resume)
-        (self.out_dir / "config.yaml").write_text(cfg.to_yaml())
+        if self.dist.is_rank0:
+            (self.out_dir / "config.yaml").write_text(cfg.to_yaml())
         self.batches = iter(self.loader)
         self.flops_per_token = model_flops_per_token(cfg.model, cfg.batch.seq_len)
         self.peak_tflops = cfg.peak_tflops or detect_peak_tflops(self.device)
@@ -87,6 +95,8 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
+        if self.dist.enabled:
+            return self._resume_dcp(resume)
         if resume == "auto":
             info = latest_valid_checkpoint(self.out_dir, warn=self.log)
             if info is None:
@@ -117,6 +127,27 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         _set_rng_state(state["rng"])
         self.state = TrainState(step=state["step"], tokens=state["tokens"])
+
+    def _resume_dcp(self, resume: str) -> None:
+        candidates = list_checkpoints(self.out_dir) if resume == "auto" else [Path(resume)]
+        for path in reversed(candidates):
+            try:
+                meta = load_dcp(path, self.model, self.optimizer)
+            except CheckpointError as err:
+                if self.dist.is_rank0:
+                    self.log(f"warning: skipping bad checkpoint {path.name}: {err}")
+                continue
+            extra = torch.load(path / f"extra_rank{self.dist.rank:05d}.pt", weights_only=False)
+            self.loader.load_state_dict(extra["loader"])
+            _set_rng_state(extra["rng"])
+            self.state = TrainState(step=meta["step"], tokens=meta["tokens"])
+            if self.dist.is_rank0:
+                self.log(f"resumed from {path} at step {meta['step']} ({meta['tokens']:,} tokens)")
+            return
+        if candidates and resume != "auto":
+            raise CheckpointError(f"{resume}: cannot resume from it")
+        if self.dist.is_rank0:
+            self.log(f"no usable checkpoint in {self.out_dir}: starting from scratch")
 
     # -- one optimizer step --------------------------------------------------------------------
     def _micro_step(self, batch, accum: int) -> tuple[float, dict[str, float], torch.Tensor]:
@@ -150,7 +181,13 @@ class Trainer:
         cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
         global_batch = global_batch_at(st.tokens, cfg.batch)
-        accum = global_batch // cfg.batch.micro_batch_size
+        per_step = cfg.batch.micro_batch_size * self.dist.dp_size
+        if global_batch % per_step:
+            raise ValueError(
+                f"global batch {global_batch} is not a multiple of micro_batch_size × data-parallel "
+                f"ranks ({cfg.batch.micro_batch_size} × {self.dist.dp_size})"
+            )
+        accum = global_batch // per_step
         lr = lr_at(st.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -167,6 +204,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if counts is not None:
+            self.dist.sum_(counts)  # the whole global batch, reduced exactly once per step
             update_expert_bias(self.model, counts, cfg.balance.bias_update_rate)
         st.step += 1
         tokens = global_batch * cfg.batch.seq_len
@@ -175,8 +213,8 @@ class Trainer:
         record = {
             "step": st.step,
             "tokens": st.tokens,
-            "loss": ce_sum / accum,
-            **{k: v / accum for k, v in part_sums.items()},
+            "loss": self.dist.mean(ce_sum / accum),
+            **{k: self.dist.mean(v / accum) for k, v in part_sums.items()},
             "lr": lr,
             "grad_norm": grad_norm.item(),
             "global_batch": global_batch,
@@ -201,6 +239,22 @@ class Trainer:
 
     def save(self, kind: str) -> Path:
         previous = [p for p in list_checkpoints(self.out_dir) if _kind(p) == "rolling"]
+        if self.dist.enabled:
+            extra = {"loader": self.loader.state_dict(), "rng": _get_rng_state()}
+            path = save_dcp(
+                self.out_dir,
+                step=self.state.step,
+                tokens=self.state.tokens,
+                model=self.model,
+                optimizer=self.optimizer,
+                extra=extra,
+            )
+            if self.dist.is_rank0:
+                _mark_kind(path, kind)
+                for old in previous:
+                    if old != path:
+                        shutil.rmtree(old, ignore_errors=True)
+            return path
         path = save_checkpoint(
             self.out_dir,
             step=self.state.step,
@@ -230,7 +284,11 @@ class Trainer:
         """Train to max_steps, or stop early after ``stop_at_step`` with a checkpoint to resume."""
         cfg = self.cfg
         end = min(cfg.max_steps, stop_at_step or cfg.max_steps)
-        logger = MetricsLogger(self.out_dir, cfg.max_steps, resume_step=self.state.step)
+        logger = (
+            MetricsLogger(self.out_dir, cfg.max_steps, resume_step=self.state.step)
+            if self.dist.is_rank0
+            else None
+        )
         self.model.train()
         first = last = None
         try:
@@ -238,14 +296,26 @@ class Trainer:
                 record = self.train_step()
                 first = first or record
                 last = record
-                if record["step"] % cfg.log_every == 0 or record["step"] == end:
+                if logger and (record["step"] % cfg.log_every == 0 or record["step"] == end):
                     logger.log(record)
                 self._maybe_save()
             if end < cfg.max_steps and _kind_of_step(self.out_dir, end) is None:
                 self.save("rolling")
         finally:
-            logger.close()
+            if logger:
+                logger.close()
         return {"first": first, "last": last, "out_dir": str(self.out_dir)}
+
+
+def _mark_kind(path: Path, kind: str) -> None:
+    import json
+
+    meta_file = path / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["kind"] = kind
+    tmp = meta_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(meta_file)
 
 
 def _kind_of_step(run_dir: Path, step: int) -> str | None:
