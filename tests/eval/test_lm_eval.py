@@ -6,6 +6,9 @@ Skipped when lm-eval (the ``eval`` extra) is not installed.
 from __future__ import annotations
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +41,9 @@ def lm(tmp_path_factory) -> MoelabLM:
         log=lambda _m: None,
     )
     tok.save(tmp / "run")  # the run directory carries its tokenizer
-    return MoelabLM(pretrained=str(tmp / "run"), batch_size=4)
+    model = MoelabLM(pretrained=str(tmp / "run"), batch_size=4)
+    model.run_dir = tmp / "run"
+    return model
 
 
 def req(kind: str, *args) -> Instance:
@@ -70,7 +75,7 @@ def test_loglikelihood_matches_a_direct_forward(lm):
     ]
     for (lp, greedy), (ref_lp, ref_greedy) in zip(got, expected, strict=True):
         assert lp == pytest.approx(ref_lp, abs=1e-4) and greedy == ref_greedy
-    assert got[0][0] > got[0][0] - 1 and got[1][1]  # the trained model predicts the counting
+    assert got[1][1]  # the trained model continues the counting greedily
 
 
 def test_rolling_loglikelihood_is_the_whole_text_and_windows_cover_every_token(lm):
@@ -96,11 +101,11 @@ def test_generate_until_stops_before_the_stop_string(lm):
     assert "five" not in out[0] and isinstance(out[1], str)
 
 
-def test_simple_evaluate_runs_a_task_defined_here(lm, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rows = [{"q": "one two three", "choices": [" four", " cat"], "label": 0},
-            {"q": "the cat sat on the", "choices": [" two", " mat"], "label": 1}] * 3  # fmt: skip
+ROWS = [{"q": "one two three", "choices": [" four", " cat"], "label": 0},
+        {"q": "the cat sat on the", "choices": [" two", " mat"], "label": 1}] * 3  # fmt: skip
+
+
+def write_task(tmp_path: Path, rows: list[dict]) -> None:
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "tiny.yaml").write_text(
@@ -110,6 +115,13 @@ def test_simple_evaluate_runs_a_task_defined_here(lm, tmp_path, monkeypatch):
         "doc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: label\n"
         "metric_list:\n  - metric: acc\n"
     )
+
+
+def test_simple_evaluate_runs_a_task_defined_here(lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = ROWS
+    write_task(tmp_path, rows)
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -121,3 +133,16 @@ def test_simple_evaluate_runs_a_task_defined_here(lm, tmp_path, monkeypatch):
         right += max(range(2), key=lambda i: scores[i][0]) == r["label"]
     assert results["results"]["moelab_tiny"]["acc,none"] == pytest.approx(right / len(rows))
     assert right / len(rows) == 1.0  # the trained model knows both continuations
+
+
+def test_lm_eval_command_line_finds_the_registered_model(lm, tmp_path, monkeypatch, capsys):
+    from moelab.eval.lm_eval import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_task(tmp_path, ROWS)
+    argv = ["lm_eval", "--model", "moelab", "--model_args", f"pretrained={lm.run_dir}",
+            "--tasks", "moelab_tiny", "--include_path", str(tmp_path), "--batch_size", "4"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    main()  # lm-eval asks for cuda:0 by default; the adapter falls back to the CPU
+    assert re.search(r"\|moelab_tiny\s*\|.*\|acc\s*\|.*\|\s*1(\.0+)?\|", capsys.readouterr().out)

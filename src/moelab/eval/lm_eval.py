@@ -47,13 +47,15 @@ class MoelabLM(_lm_api.LM):
         self,
         pretrained: str | Path,
         tokenizer: str | Path | None = None,
-        device: str = "cpu",
+        device: str | None = "cpu",
         dtype: str | None = None,
-        batch_size: int | str = 8,
+        batch_size: int | str | None = 8,
         max_length: int | None = None,
         **_ignored,
     ):
         super().__init__()
+        if not device or (device.startswith("cuda") and not torch.cuda.is_available()):
+            device = "cpu"  # lm-eval's CLI asks for cuda:0 unless told otherwise
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.gen = load_generator(
             pretrained, tokenizer=tokenizer, device=device, dtype=dtype, max_batch=self.batch_size
