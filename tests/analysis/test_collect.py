@@ -136,3 +136,30 @@ def test_cli_resumes_and_reads_hf_directories(run, capsys):
 def test_default_config_file_loads():
     cfg = AnalysisConfig.from_yaml(ROOT / "configs" / "analysis" / "default.yaml")
     assert cfg == AnalysisConfig()
+
+
+def test_an_olmoe_hf_directory_is_collected_like_its_model(tmp_path):
+    import moelab
+    from moelab.analysis.collect import collect
+    from moelab.analysis.sample import Sample
+    from moelab.model.config import ModelConfig
+    from moelab.model.transformer import build_model
+
+    cfg = ModelConfig.from_dict(
+        {"preset": "tiny-olmoe", "vocab_size": 64, "hidden_size": 32, "num_layers": 2,
+         "attention": {"num_heads": 2, "num_kv_heads": 2, "head_dim": 16},
+         "moe": {"num_experts": 16, "top_k": 4, "expert_intermediate_size": 16}}
+    )  # fmt: skip
+    model = build_model(cfg, seed=1).eval()
+    hf = moelab.save_pretrained(model, tmp_path / "olmoe_hf")
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "olmoe"
+    tokens = np.random.default_rng(0).integers(0, 64, size=(3, 10))
+    sample = Sample(tokens, np.zeros_like(tokens))
+    [file] = collect([hf], sample, tmp_path / "routing", batch_size=2, log=lambda _m: None)
+    trace = Trace.load(file)
+    assert (trace.num_experts, trace.top_k, trace.step) == (16, 4, -1)
+    with torch.no_grad():
+        router = model(torch.from_numpy(tokens)).router
+    assert trace.expert_ids.shape == (len(router), 3, 10, 4)
+    for i, r in enumerate(router):
+        assert np.array_equal(trace.expert_ids[i], r.expert_ids_TK.view(3, 10, 4).numpy())
