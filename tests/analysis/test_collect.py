@@ -163,3 +163,9 @@ def test_an_olmoe_hf_directory_is_collected_like_its_model(tmp_path):
     assert trace.expert_ids.shape == (len(router), 3, 10, 4)
     for i, r in enumerate(router):
         assert np.array_equal(trace.expert_ids[i], r.expert_ids_TK.view(3, 10, 4).numpy())
+
+
+def test_rows_longer_than_the_context_are_refused_by_name(run, tmp_path):
+    cfg = AnalysisConfig(num_sequences=1, seq_len=1100)  # tiny-dots keeps 1024 positions
+    with pytest.raises(ValueError, match="exceed the model's context .*lower seq_len"):
+        analyze_run(run["run"], run["shards"], tmp_path, config=cfg, log=lambda _m: None)

@@ -27,6 +27,7 @@ import torch
 
 from moelab.analysis.sample import Sample
 from moelab.checkpoint.layout import META, list_checkpoints, load_model, resolve_model_path
+from moelab.infer.loading import DTYPES
 
 
 @dataclass
@@ -116,12 +117,20 @@ def route(
     return ids.astype(np.int16 if ids.max(initial=0) < 2**15 else np.int32), layers
 
 
-def collect_trace(path: Path, sample: Sample, batch_size: int, device: str = "cpu") -> Trace:
-    """Load one checkpoint and record its routing on ``sample``."""
-    model = load_model(path, device=device).eval()
-    if int(sample.token_ids.max()) >= model.config.vocab_size:
+def collect_trace(
+    path: Path, sample: Sample, batch_size: int, device: str = "cpu", dtype: str | None = None
+) -> Trace:
+    """Load one checkpoint (in ``dtype``, e.g. bfloat16 for a real model) and record its routing."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    model = load_model(path, device=device, dtype=DTYPES.get(dtype or "")).eval()
+    cfg = model.config
+    if int(sample.token_ids.max()) >= cfg.vocab_size:
+        raise ValueError(f"{path}: sample token ids exceed the model's vocab ({cfg.vocab_size})")
+    if sample.token_ids.shape[1] > cfg.max_position_embeddings:
         raise ValueError(
-            f"{path}: sample token ids exceed the model's vocab ({model.config.vocab_size})"
+            f"{path}: sample rows of {sample.token_ids.shape[1]} tokens exceed the model's "
+            f"context ({cfg.max_position_embeddings}); lower seq_len"
         )
     route(model, sample.token_ids[:1], 1)  # warm-up: the first forward pays one-off costs
     t0 = time.perf_counter()
@@ -147,6 +156,7 @@ def collect(
     *,
     batch_size: int = 8,
     device: str = "cpu",
+    dtype: str | None = None,
     log=print,
 ) -> list[Path]:
     """Write ``out_dir/{name}.npz`` for every checkpoint (skipping finished ones); return them."""
@@ -159,7 +169,7 @@ def collect(
         if file.exists() and _sha_of(file) == sha:
             log(f"{file.name}: already collected")
         else:
-            trace = collect_trace(path, sample, batch_size, device)
+            trace = collect_trace(path, sample, batch_size, device, dtype)
             trace.save(file, sha)
             log(
                 f"{file.name}: {trace.expert_ids.shape[0]} MoE layers, {trace.tokens_per_s:,.0f} tok/s"

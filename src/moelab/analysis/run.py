@@ -25,7 +25,6 @@ from moelab.analysis.config import AnalysisConfig
 from moelab.analysis.metrics import compute_metrics
 from moelab.analysis.report import read_jsonl, write_report
 from moelab.analysis.sample import Sample, draw_sample, labels_from_documents
-from moelab.checkpoint.layout import load_model
 from moelab.tokens.shards import ShardReader
 from moelab.tokens.tokenizer import Tokenizer
 
@@ -48,12 +47,10 @@ def _add_token_text(metrics: dict, tok: Tokenizer) -> None:
                 t["text"] = text if "\ufffd" not in text else f"<part of a character, id {t['id']}>"
 
 
-def build_sample(
-    shards: str | Path, cfg: AnalysisConfig, seq_len: int, docs_dir: str | Path | None
-) -> Sample:
+def build_sample(shards: str | Path, cfg: AnalysisConfig, docs_dir: str | Path | None) -> Sample:
     reader = ShardReader(shards)
     labels = labels_from_documents(docs_dir, shards, cfg.domain_field) if docs_dir else None
-    return draw_sample(reader, cfg.num_sequences, seq_len, cfg.seed, labels, cfg.max_domains)
+    return draw_sample(reader, cfg.num_sequences, cfg.seq_len, cfg.seed, labels, cfg.max_domains)
 
 
 def run_analysis(
@@ -67,6 +64,7 @@ def run_analysis(
     training_metrics: str | Path | None = None,
     funnel: list[dict] | None = None,
     device: str = "cpu",
+    dtype: str | None = None,
     title: str = "moelab routing analysis",
     log=print,
 ) -> Path:
@@ -75,12 +73,17 @@ def run_analysis(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = checkpoints_of(checkpoints)
-    context = load_model(paths[-1]).config.max_position_embeddings
-    sample = build_sample(shards, cfg, min(cfg.seq_len, context), docs_dir)
+    sample = build_sample(shards, cfg, docs_dir)
     sample.save(out_dir / "sample.npz")
     cfg.to_yaml(out_dir / "config.yaml")
     files = collect(
-        paths, sample, out_dir / "routing", batch_size=cfg.batch_size, device=device, log=log
+        paths,
+        sample,
+        out_dir / "routing",
+        batch_size=cfg.batch_size,
+        device=device,
+        dtype=dtype,
+        log=log,
     )
     traces = [Trace.load(f) for f in files]
     metrics = compute_metrics(

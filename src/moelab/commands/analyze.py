@@ -33,6 +33,7 @@ def analyze_run(
     tokenizer: str | Path | None = None,
     config=None,
     device: str = "cpu",
+    dtype: str | None = None,
     log=print,
 ) -> Path:
     """Routing analysis of a run (or of checkpoints in training order); returns report.html.
@@ -46,6 +47,7 @@ def analyze_run(
             the domain labels when ``docs_dir`` is not given.
         tokenizer: tokenizer.json (or folder) to print expert top tokens as text.
         config: an ``AnalysisConfig`` (default settings when None).
+        device, dtype: where and in which precision checkpoints run (bfloat16 for big ones).
     """
     from moelab.analysis.run import run_analysis
 
@@ -66,6 +68,7 @@ def analyze_run(
         training_metrics=metrics_file if metrics_file.is_file() else None,
         funnel=funnel,
         device=device,
+        dtype=dtype,
         log=log,
     )
 
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         page = analyze_run(
             args.ckpt, args.data, out, docs_dir=args.docs, data_run_dir=args.data_run,
-            tokenizer=args.tokenizer, config=cfg, device=args.device,
+            tokenizer=args.tokenizer, config=cfg, device=args.device, dtype=args.dtype,
             log=lambda m: print(f"  {m}"),
         )  # fmt: skip
     except (ValueError, FileNotFoundError, ShardError, CheckpointError) as err:
@@ -104,4 +107,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="AnalysisConfig YAML (configs/analysis/)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=_run)
