@@ -95,6 +95,8 @@ def test_cli_reports_a_trained_run_below_the_uniform_perplexity(tmp_path, capsys
     assert rc == 0
     record = json.loads(capsys.readouterr().out)
     assert record == json.loads(out.read_text())
+    assert main(["eval", "perplexity", str(tmp_path / "run"), "--data", str(shards), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seq_len"] == 16  # the run's training seq_len
     assert record["bits_per_byte"] is None  # synthetic shards: no tokenizer to count bytes
     assert 1 < record["perplexity"] < 0.5 * 64  # learned the walk: far below uniform (64)
 

@@ -30,6 +30,20 @@ def _byte_lengths(args: argparse.Namespace, shards_hash: str):
     return token_byte_lengths(tok), None
 
 
+def _training_seq_len(ckpt: str) -> int | None:
+    """``batch.seq_len`` of the training config saved with a moelab checkpoint, if any."""
+    import yaml
+
+    from moelab.checkpoint.layout import resolve_model_path
+
+    kind, path = resolve_model_path(ckpt)
+    config = path / "config.yaml"
+    if kind != "moelab" or not config.is_file():
+        return None
+    value = ((yaml.safe_load(config.read_text()) or {}).get("batch") or {}).get("seq_len")
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def _perplexity(args: argparse.Namespace) -> int:
     from moelab.checkpoint.layout import load_model
     from moelab.eval.perplexity import evaluate_perplexity
@@ -44,7 +58,8 @@ def _perplexity(args: argparse.Namespace) -> int:
         return 2
     if note and not args.json:
         print(note, file=sys.stderr)
-    seq_len = min(args.seq_len, model.config.max_position_embeddings)
+    seq_len = args.seq_len or _training_seq_len(args.ckpt) or 512
+    seq_len = min(seq_len, model.config.max_position_embeddings)
     result = evaluate_perplexity(
         model,
         reader,
@@ -89,7 +104,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("ckpt", help="HF directory, moelab checkpoint or run directory")
     p.add_argument("--data", required=True, help="a token shard folder (e.g. tokens/validation)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json or its folder (bits/byte)")
-    p.add_argument("--seq-len", type=int, default=512, help="context per window")
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="context per window (default: training's, or 512)"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N")
     p.add_argument(
