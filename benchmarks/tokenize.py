@@ -15,7 +15,8 @@ digits, newlines and some non-ASCII, written as ``.jsonl.gz`` like a data stage'
   backward at seq 256), to state the loader's margin over the consumer.
 
 Goals (issue 5): 1 worker >= 0.9x the baseline per core; 2 workers >= 1.8x; loader >= 100x the
-tiny model's training tokens/s. Prints a table and writes ``benchmarks/results/tokenize.json``.
+tiny model's training tokens/s. Wall-clock ratios need an otherwise idle machine; CPU seconds
+(this process plus reaped workers) give the per-core comparison even on a shared one. Prints a table and writes ``benchmarks/results/tokenize.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import multiprocessing as mp  # noqa: E402
 import multiprocessing.pool  # noqa: E402, F401
 import os  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -76,39 +78,60 @@ def make_corpus(n_docs: int, chars: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def bare_loop(tk: Tokenizer, texts: list[str], batch: int = 512) -> tuple[float, int]:
-    """Seconds and tokens for ``encode_batch_fast`` over ``texts`` (ids materialised)."""
-    start, tokens = time.perf_counter(), 0
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (robust to a shared machine)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bare_loop(tk: Tokenizer, texts: list[str], batch: int = 512) -> tuple[float, int, float]:
+    """Wall seconds, tokens and CPU seconds of ``encode_batch_fast`` over ``texts``."""
+    start, cpu, tokens = time.perf_counter(), time.process_time(), 0
     for i in range(0, len(texts), batch):
         for enc in tk.hf.encode_batch_fast(texts[i : i + batch], add_special_tokens=False):
             tokens += len(enc.ids)
-    return time.perf_counter() - start, tokens
+    return time.perf_counter() - start, tokens, time.process_time() - cpu
 
 
 _BARE: tuple[Tokenizer, list[str]] | None = None
 
 
-def _bare_half(half: int) -> tuple[float, int]:
+def _bare_half(half: int) -> tuple[float, int, float]:
     tk, texts = _BARE
     return bare_loop(tk, texts[half::2])
 
 
-def bare_two_processes(pool: mp.pool.Pool) -> tuple[float, int]:
+def bare_two_processes(pool: mp.pool.Pool) -> tuple[float, int, float]:
     """The hardware ceiling for 2 workers: the bare loop on half the texts in each of 2
     already started processes (no file I/O, no start-up), wall time."""
     start = time.perf_counter()
     parts = pool.map(_bare_half, [0, 1])
-    return time.perf_counter() - start, sum(t for _, t in parts)
+    return time.perf_counter() - start, sum(p[1] for p in parts), sum(p[2] for p in parts)
 
 
-def run_pipeline(docs: Path, tok: Path, out: Path, workers: int) -> tuple[float, int]:
+def run_pipeline(docs: Path, tok: Path, out: Path, workers: int) -> tuple[float, int, float]:
+    """Wall seconds, tokens and CPU seconds (parent + workers) of ``moelab tokens tokenize``."""
     shutil.rmtree(out, ignore_errors=True)
     cfg = TokenizeConfig.from_dict(
         {"docs_dir": str(docs), "out_dir": str(out), "tokenizer": str(tok), "workers": workers}
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     summary = tokenize(cfg)
-    return time.perf_counter() - start, summary["train"]["tokens"] + summary["validation"]["tokens"]
+    tokens = summary["train"]["tokens"] + summary["validation"]["tokens"]
+    return time.perf_counter() - start, tokens, _cpu() - cpu
 
 
 def loader_rate(shards: Path, seconds: float = 3.0) -> float:
@@ -177,16 +200,20 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     global _BARE
     _BARE = (tk, on_disk)
-    runs: dict[str, list[tuple[float, int]]] = {"bare": [], "bare2": [], "one": [], "two": []}
+    runs: dict[str, list[tuple[float, int, float]]] = {
+        k: [] for k in ("bare", "bare2", "one", "two")
+    }
     with mp.get_context("fork").Pool(2) as pool:
         for _ in range(args.repeats):  # interleaved, best of n: the machine may be shared
             runs["bare"].append(bare_loop(tk, on_disk))
             runs["bare2"].append(bare_two_processes(pool))
             runs["one"].append(run_pipeline(docs, tok, work / "out1", 1))
             runs["two"].append(run_pipeline(docs, tok, work / "out2", 2))
-    (base_s, base_tokens), (bare2_s, _), (one_s, one_tokens), (two_s, two_tokens) = (
+    (base_s, base_tokens, _), (bare2_s, _, _), (one_s, one_tokens, _), (two_s, two_tokens, _) = (
         min(runs[k]) for k in ("bare", "bare2", "one", "two")
     )
+    # CPU time per token does not depend on what else the machine runs: the per-core measure.
+    cpu = {k: min(r[2] for r in runs[k]) for k in runs}
     eos = len(on_disk)
     if not one_tokens == two_tokens == base_tokens + eos:
         raise RuntimeError(f"token counts differ: {base_tokens}+{eos}, {one_tokens}, {two_tokens}")
@@ -202,7 +229,7 @@ def main() -> None:
     ]
     loader_tps = rows_s * 2048
     result = {
-        "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "device": f"{_cpu_name()}, {os.cpu_count()} cpus (no GPU used)",
         "platform": platform.platform(),
         "load_average_before": round(load_before, 2),
         "repeats_best_of": args.repeats,
@@ -214,6 +241,11 @@ def main() -> None:
             for name, s, tps, r in rows
         },
         "two_workers_vs_ceiling": round(bare2_s / two_s, 3),
+        "cpu_seconds_best": {k: round(v, 3) for k, v in cpu.items()},
+        "per_core_efficiency_vs_bare": {
+            "1_worker": round(cpu["bare"] / cpu["one"], 3),
+            "2_workers": round(cpu["bare"] / cpu["two"], 3),
+        },
         "goals": {"1_worker_ratio": 0.9, "2_worker_ratio": 1.8, "loader_vs_tiny_model": 100},
         "loader": {
             "rows_per_s": round(rows_s, 1),
@@ -228,6 +260,11 @@ def main() -> None:
     for name, s, tps, r in rows:
         print(f"{name:36} {s:8.2f} {tps:12,.0f} {r:8.2f}x")
     print(f"2 workers / ceiling: {bare2_s / two_s:.2f}x (what the pipeline keeps of 2 cores here)")
+    print(
+        f"CPU seconds: bare {cpu['bare']:.2f}, bare 2 procs {cpu['bare2']:.2f}, "
+        f"1 worker {cpu['one']:.2f}, 2 workers {cpu['two']:.2f} -> per-core efficiency "
+        f"{cpu['bare'] / cpu['one']:.2f} (1 worker), {cpu['bare'] / cpu['two']:.2f} (2 workers)"
+    )
     print(f"loader (seq 2048, batch 8): {rows_s:,.0f} rows/s = {loader_tps:,.0f} tokens/s")
     if model_tps:
         print(
