@@ -12,7 +12,7 @@ DynamicCache). Then the OpenAI server (uvicorn on 127.0.0.1) is loaded by 1, 4 a
 concurrent clients, each sending --requests completions; reported: completion tokens/s over the
 whole run and the most requests the batching loop decoded together.
 
-Usage (``-P``: benchmarks/tokenize.py must not shadow the standard library's tokenize):
+Usage:
     python -P benchmarks/infer_generate.py              # CPU, a small OLMoE-shaped model
     python -P benchmarks/infer_generate.py --device cuda --preset olmoe-1b-7b --dtype bfloat16
 Writes benchmarks/results/infer_generate_<preset>_<device>.json.

@@ -1,6 +1,9 @@
 """Tokenize-to-shards throughput against a bare ``tokenizers`` loop, and loader rows/s.
 
-    python benchmarks/tokenize.py [--docs 8000] [--chars 2000] [--files 8] [--vocab 4096]
+(Named tokenize_bench.py, not the issue's tokenize.py: a script called tokenize.py shadows the
+standard library's ``tokenize`` module, which numpy and inspect import.)
+
+    python benchmarks/tokenize_bench.py [--docs 8000] [--chars 2000] [--files 8] [--vocab 4096]
 
 What it measures, on a generated corpus (Zipf-distributed pseudo-words with punctuation,
 digits, newlines and some non-ASCII, written as ``.jsonl.gz`` like a data stage's output):
@@ -16,7 +19,7 @@ digits, newlines and some non-ASCII, written as ``.jsonl.gz`` like a data stage'
 
 Goals (issue 5): 1 worker >= 0.9x the baseline per core; 2 workers >= 1.8x; loader >= 100x the
 tiny model's training tokens/s. Wall-clock ratios need an otherwise idle machine; CPU seconds
-(this process plus reaped workers) give the per-core comparison even on a shared one. Prints a table and writes ``benchmarks/results/tokenize.json``.
+(this process plus reaped workers) give the per-core comparison even on a shared one. Prints a table and writes ``benchmarks/results/tokenize_bench.json``.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from moelab.tokens.loader import TokenLoader  # noqa: E402
 from moelab.tokens.pipeline import list_inputs, tokenize  # noqa: E402
 from moelab.tokens.tokenizer import Tokenizer, train_bpe  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "tokenize.json"
+RESULTS = Path(__file__).parent / "results" / "tokenize_bench.json"
 
 
 def make_corpus(n_docs: int, chars: int, seed: int = 0) -> list[str]:
@@ -233,7 +236,7 @@ def main() -> None:
         "platform": platform.platform(),
         "load_average_before": round(load_before, 2),
         "repeats_best_of": args.repeats,
-        "command": "python benchmarks/tokenize.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/tokenize_bench.py " + " ".join(sys.argv[1:]),
         "corpus": {"docs": len(on_disk), "bytes": n_bytes, "files": args.files},
         "tokenizer": {"vocab_size": tk.vocab_size, "train_seconds_2000_docs": round(train_s, 2)},
         "tokenize": {
