@@ -58,7 +58,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     dots = summary["models"]["tiny-dots"]
     assert dots["loss_last"] < dots["loss_first"]
     assert dots["generation"]["cache_matches_recompute"]
-    assert len(dots["routing"]) >= 3  # intermediate checkpoints were kept and analysed
+    assert (
+        len(dots["routing"]["checkpoints"]) >= 3
+    )  # intermediate checkpoints were kept and analysed
+    assert Path(dots["routing"]["report"]).is_file()
+    assert dots["evaluation"]["model"]["perplexity"] > 1
     assert dots["export"]["moelab_reload_max_abs_diff"] == 0.0
     assert dots["export"]["transformers_max_abs_diff"] < 1e-4
     assert (tmp_path / "data" / "docs").is_dir() and (

@@ -1,7 +1,7 @@
 """``train-classifier``: the command that trains a stage-3 n-gram classifier.
 
     moelab data train-classifier [CONFIG.yaml] docs=LABELLED out_dir=MODEL label_field=label
-    python -m moelab.classify train-classifier ...   (the same, until `data` wires it in)
+    python -m moelab.classify train-classifier ...   (the same)
 
 ``add_train_classifier(subparsers)`` registers the command on any argparse subparsers object,
 so the ``data`` command group adds it with one call.

@@ -4,6 +4,7 @@
     moelab data stats RUN_DIR [--json]
     moelab data synth OUT --pages N --seed S
     moelab data eval RUN_DIR --truth OUT/truth.jsonl [--json]
+    moelab data train-classifier [CONFIG.yaml] docs=LABELLED out_dir=MODEL   (stage 3)
 
 Heavy imports (trafilatura, fastText, Ray) happen inside the command that needs them.
 """
@@ -86,5 +87,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--truth", required=True, help="truth.jsonl written by `data synth`")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_eval)
+
+    from moelab.classify.commands import add_train_classifier
+
+    add_train_classifier(sub)  # stage 3: page-type / quality / category / clutter models
 
     data.set_defaults(func=lambda _args: data.print_help() or 2)

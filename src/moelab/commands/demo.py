@@ -2,12 +2,13 @@
 
     synthetic web (WARC) → data stages 1–2 → BPE tokenizer → token shards → a tiny
     dots.llm1-style MoE trained with intermediate checkpoints → greedy generation through the
-    KV cache → expert load over the checkpoints → Hugging Face export reloaded by transformers
+    KV cache → held-out perplexity against a unigram baseline → OLMoE-style routing analysis
+    across the checkpoints (an HTML report) → Hugging Face export reloaded by transformers
 
 Every stage writes its own folder under ``--out`` (the same folders the stage commands write),
 so each can be inspected or re-run alone. ``--olmoe`` trains a tiny OLMoE-style model beside
-the dots one on the same shards. Stages that later issues add (the model-based data stage,
-the analysis report) join here as they land.
+the dots one on the same shards. The model-based data stage (classify/) is not in the chain
+yet: the synthetic web does not label pages for its classifiers.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def _tokens(out: Path, docs: Path, vocab_size: int) -> tuple[Path, Any]:
     )
     summary = tokenize(
         TokenizeConfig(
-            docs_dir=str(docs), out_dir=str(shard_dir), tokenizer=str(tok_dir), workers=2
+            docs_dir=str(docs),
+            out_dir=str(shard_dir),
+            tokenizer=str(tok_dir),
+            workers=2,
+            validation_fraction=0.05,  # a small corpus needs a larger share to hold out anything
         )
     )
     print(f"  tokenizer: byte-level BPE, {tokenizer.vocab_size} ids, hash {tokenizer.hash}")
@@ -134,35 +139,63 @@ def _generate(run_dir: Path, tokenizer, prompt: str, new_tokens: int) -> dict:
     return {"prompt": prompt, "completion": text, "cache_matches_recompute": matches}
 
 
-def _routing_over_checkpoints(run_dir: Path, shards: Path) -> list[dict]:
-    import torch
+def _evaluate(run_dir: Path, out: Path, tokenizer, seq_len: int) -> dict:
+    from moelab.checkpoint.layout import load_model
+    from moelab.eval.perplexity import (
+        evaluate_perplexity,
+        token_byte_lengths,
+        unigram_counts,
+        unigram_perplexity,
+    )
+    from moelab.tokens.shards import ShardReader
 
-    from moelab.checkpoint.layout import list_checkpoints, load_model
-    from moelab.tokens.loader import TokenLoader
-    from moelab.train.balance import load_metrics
+    valid, train = out / "tokens" / "validation", out / "tokens" / "train"
+    if ShardReader(valid).num_tokens < 2:
+        print("  the held-out split is empty (corpus too small): skipped")
+        return {}
+    byte_lengths = token_byte_lengths(tokenizer)
+    model = load_model(run_dir).eval()
+    ours = evaluate_perplexity(model, valid, seq_len=seq_len, byte_lengths=byte_lengths)
+    base = unigram_perplexity(
+        unigram_counts(train, tokenizer.vocab_size), valid, byte_lengths=byte_lengths
+    )
+    print(
+        f"  held-out {ours.tokens:,} tokens: perplexity {ours.perplexity:.1f}, "
+        f"{ours.bits_per_byte:.3f} bits/byte (unigram baseline {base.perplexity:.1f}, "
+        f"{base.bits_per_byte:.3f} bits/byte)"
+    )
+    return {"model": ours.to_dict(), "unigram": base.to_dict()}
 
-    sample = next(
-        iter(TokenLoader(shards, seq_len=128, batch_size=8, seed=123, as_torch=True))
-    ).inputs
+
+def _analysis(run_dir: Path, out: Path, shards: Path, preset: str) -> dict:
+    from moelab.commands.analyze import analyze_run
+
+    report = analyze_run(
+        run_dir,
+        shards,
+        out / f"analysis_{preset}",
+        data_run_dir=out / "data",
+        tokenizer=out / "tokenizer",
+        log=lambda msg: None,
+    )
+    metrics = json.loads((report.parent / "metrics.json").read_text())
     rows = []
-    for ckpt in list_checkpoints(run_dir):
-        model = load_model(ckpt).eval()
-        with torch.no_grad():
-            out = model(sample)
-        metrics = load_metrics(torch.stack([r.tokens_per_expert_E for r in out.router]))
-        rows.append(
-            {
-                "checkpoint": ckpt.name,
-                "max_vio": metrics["max_vio"],
-                "dead_experts": metrics["dead_experts"],
-                "max_vio_per_layer": metrics["max_vio_per_layer"],
-            }
-        )
+    for ckpt in metrics["checkpoints"]:
+        layers = ckpt["per_layer"]
+        row = {
+            "checkpoint": ckpt["name"],
+            "tokens": ckpt["tokens"],
+            "max_vio": sum(x["max_vio"] for x in layers) / len(layers),
+            "saturation": sum(x["saturation"] for x in layers) / len(layers),
+            "dead_experts": sum(x["dead_experts"] for x in layers),
+        }
+        rows.append(row)
         print(
-            f"  {ckpt.name}: MaxVio {metrics['max_vio']:.2f} (per layer {metrics['max_vio_per_layer']}), "
-            f"dead experts {metrics['dead_experts']}"
+            f"  {row['checkpoint']} ({row['tokens']:,} tokens): MaxVio {row['max_vio']:.2f}, "
+            f"saturation vs final {row['saturation']:.2f}, dead experts {row['dead_experts']}"
         )
-    return rows
+    print(f"  report: {report}")
+    return {"report": str(report), "checkpoints": rows}
 
 
 def _export(run_dir: Path, out: Path, shards: Path) -> dict:
@@ -207,7 +240,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     presets = ["tiny-dots"] + (["tiny-olmoe"] if args.olmoe else [])
-    n = 7
+    n = 8
     _banner(1, n, f"synthetic web ({args.pages} pages) → data stages 1–2 (dots.llm1 recipe)")
     docs = _data(out, args.pages, args.seed)
     _banner(2, n, "tokenizer and token shards")
@@ -218,9 +251,11 @@ def run_demo(args: argparse.Namespace) -> int:
         run_dir, result = _train(out, preset, shards, tokenizer, args)
         _banner(4, n, f"generate from {run_dir.name} (greedy, KV cache)")
         gen = _generate(run_dir, tokenizer, args.prompt, args.new_tokens)
-        _banner(5, n, "expert load across the intermediate checkpoints")
-        routing = _routing_over_checkpoints(run_dir, shards)
-        _banner(6, n, "export to the Hugging Face layout and reload")
+        _banner(5, n, "perplexity and bits per byte on the held-out split")
+        evaluation = _evaluate(run_dir, out, tokenizer, seq_len=128)
+        _banner(6, n, "routing analysis across the intermediate checkpoints (OLMoE-style)")
+        routing = _analysis(run_dir, out, shards, preset)
+        _banner(7, n, "export to the Hugging Face layout and reload")
         export = _export(run_dir, out / preset, shards)
         summary["models"][preset] = {
             "run_dir": str(run_dir),
@@ -228,12 +263,13 @@ def run_demo(args: argparse.Namespace) -> int:
             "loss_last": result["last"]["loss"],
             "tokens_per_s": result["last"]["tokens_per_s"],
             "generation": gen,
+            "evaluation": evaluation,
             "routing": routing,
             "export": export,
         }
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    _banner(7, n, f"done in {summary['seconds']} s; summary in {out / 'demo.json'}")
+    _banner(8, n, f"done in {summary['seconds']} s; summary in {out / 'demo.json'}")
     ok = all(
         m["loss_last"] < m["loss_first"] and m["generation"]["cache_matches_recompute"]
         for m in summary["models"].values()
