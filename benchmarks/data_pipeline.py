@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from moelab.common.device import cpu_name  # noqa: E402
 from moelab.data.config import DataConfig  # noqa: E402
 from moelab.data.dedup.base import run_in_memory  # noqa: E402
 from moelab.data.dedup.lines import LineDedup  # noqa: E402
@@ -43,16 +43,6 @@ from moelab.data.runner import run_pipeline  # noqa: E402
 from moelab.data.step import StepContext, StepStats  # noqa: E402
 from moelab.data.synth.text import english_sentences  # noqa: E402
 from moelab.data.synth.web import SynthConfig, write_synthetic_web  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _stage1_cfg(crawl: Path, out: Path, workers: int) -> DataConfig:
@@ -342,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['metric']:<44}{r['value']:>12}{goal:>10}{ok:>5}  {anchor}")
     result = {
         "device": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": sys.version.split()[0],
             "load_average_at_end": os.getloadavg(),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from moelab.common.device import device_name
 from moelab.model.config import ModelConfig, MoEConfig
 from moelab.model.layers import SwiGLU
 from moelab.model.moe import MoELayer
@@ -57,18 +57,6 @@ SHAPES = {
     "tiny-olmoe": Shape("tiny-olmoe", 128, 64, 16, 4, 2048),
 }
 BATCHED_MM_LIMIT_BYTES = 4 * 1024**3
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:

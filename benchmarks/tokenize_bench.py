@@ -46,6 +46,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: a per-
 
 import numpy as np  # noqa: E402
 
+from moelab.common.device import cpu_name  # noqa: E402
 from moelab.data.document import Document, read_documents, write_documents  # noqa: E402
 from moelab.tokens.config import TokenizeConfig  # noqa: E402
 from moelab.tokens.loader import TokenLoader  # noqa: E402
@@ -79,16 +80,6 @@ def make_corpus(n_docs: int, chars: int, seed: int = 0) -> list[str]:
                 since = 0
         texts.append(" ".join(out))
     return texts
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cpu() -> float:
@@ -232,7 +223,7 @@ def main() -> None:
     ]
     loader_tps = rows_s * 2048
     result = {
-        "device": f"{_cpu_name()}, {os.cpu_count()} cpus (no GPU used)",
+        "device": f"{cpu_name()}, {os.cpu_count()} cpus (no GPU used)",
         "platform": platform.platform(),
         "load_average_before": round(load_before, 2),
         "repeats_best_of": args.repeats,

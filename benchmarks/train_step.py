@@ -23,21 +23,13 @@ from pathlib import Path
 import torch
 
 import moelab
+from moelab.common.device import device_name
 from moelab.model import ModelConfig, build_model
 from moelab.model.losses import cross_entropy
 from moelab.model.transformer import model_flops_per_token
 from moelab.train.metrics import detect_peak_tflops
 
 HF_IMPLS = ("eager", "grouped_mm", "batched_mm")
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    return "cpu"
 
 
 def _step_fn(model, x, y, moelab_side: bool, dtype):
@@ -149,7 +141,7 @@ def main() -> None:
         )
         results[preset] = rows
         print(
-            f"\n{preset}: batch {args.batch} × seq {args.seq}, {args.dtype}, {_device_name(device)}"
+            f"\n{preset}: batch {args.batch} × seq {args.seq}, {args.dtype}, {device_name(device)}"
         )
         print(
             f"{'impl':<26} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'vs HF eager':>11} {'vs HF fastest':>13} {'loss@0':>8}"
@@ -165,7 +157,7 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
-                "device": _device_name(device),
+                "device": device_name(device),
                 "torch": torch.__version__,
                 "batch": args.batch,
                 "seq": args.seq,

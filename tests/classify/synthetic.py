@@ -8,6 +8,8 @@ trivial.
 from __future__ import annotations
 
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 
 from moelab.data.document import Document
 
@@ -128,3 +130,19 @@ def clutter_docs(n: int, seed: int = 0) -> list[list[tuple[str, bool]]]:
         lines += [(_clutter_line(rng), True) for _ in range(rng.randint(0, 4))]
         docs.append(lines)
     return docs
+
+
+@dataclass
+class _Stats:
+    counters: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class FakeContext:
+    """Stands in for the data runner's step context: counts and dropped documents."""
+
+    stats: _Stats = field(default_factory=_Stats)
+    dropped: list = field(default_factory=list)
+
+    def drop(self, doc: Document, reason: str) -> None:
+        self.dropped.append((doc, reason))

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-
 from moelab.classify.clutter import ClutterStep, HeuristicLineScorer, LearnedLineScorer, line_f1
 from moelab.data.document import Document
 
-from .synthetic import clutter_docs
-
-
-@dataclass
-class _Stats:
-    counters: Counter = field(default_factory=Counter)
-
-
-@dataclass
-class FakeContext:
-    stats: _Stats = field(default_factory=_Stats)
-    dropped: list = field(default_factory=list)
-
-    def drop(self, doc: Document, reason: str) -> None:
-        self.dropped.append((doc, reason))
+from .synthetic import FakeContext, clutter_docs
 
 
 def test_learned_scorer_beats_heuristic_by_five_f1_points_on_held_out_pages() -> None:

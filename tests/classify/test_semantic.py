@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from moelab.classify.semantic import HashedEmbedder, SemanticDedupStep, spherical_kmeans
 from moelab.data.document import Document
 
-from .synthetic import category_docs
-
-
-@dataclass
-class _Stats:
-    counters: Counter = field(default_factory=Counter)
-
-
-@dataclass
-class FakeContext:
-    stats: _Stats = field(default_factory=_Stats)
-    dropped: list = field(default_factory=list)
-
-    def drop(self, doc: Document, reason: str) -> None:
-        self.dropped.append((doc, reason))
+from .synthetic import FakeContext, category_docs
 
 
 def _edit(text: str, rng: random.Random, n: int = 1) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 
@@ -12,21 +9,7 @@ from moelab.classify.ngram import NgramClassifier, NgramConfig
 from moelab.classify.steps import category_step, page_type_step, quality_step
 from moelab.data.document import Document
 
-from .synthetic import page_type_docs
-
-
-@dataclass
-class _Stats:
-    counters: Counter = field(default_factory=Counter)
-
-
-@dataclass
-class FakeContext:
-    stats: _Stats = field(default_factory=_Stats)
-    dropped: list = field(default_factory=list)
-
-    def drop(self, doc: Document, reason: str) -> None:
-        self.dropped.append((doc, reason))
+from .synthetic import FakeContext, page_type_docs
 
 
 class FixedClassifier:

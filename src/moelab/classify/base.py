@@ -67,14 +67,9 @@ class TransformersClassifier:
         import torch
 
         out = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                list(texts[i : i + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+        for enc in encoded_batches(
+            self.tokenizer, texts, self.batch_size, self.max_length, self.device
+        ):
             with torch.inference_mode():
                 logits = self.model(**enc).logits.float()
             out.append(torch.softmax(logits, dim=-1).cpu().numpy())
@@ -93,3 +88,15 @@ def load_classifier(directory: str | Path, **kwargs: Any) -> Classifier:
     raise FileNotFoundError(
         f"{directory} holds neither classifier.json (ngram) nor config.json (transformers)"
     )
+
+
+def encoded_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, device):
+    """Padded, truncated tensor batches of ``texts`` for a transformers model on ``device``."""
+    for i in range(0, len(texts), batch_size):
+        yield tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)

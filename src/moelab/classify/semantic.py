@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from moelab.classify.base import encoded_batches
 from moelab.classify.ngram import text_features
 from moelab.common.deps import require
 from moelab.data.document import Document
@@ -68,14 +69,9 @@ class TransformersEmbedder:
         import torch
 
         rows = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                list(texts[i : i + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+        for enc in encoded_batches(
+            self.tokenizer, texts, self.batch_size, self.max_length, self.device
+        ):
             with torch.inference_mode():
                 rows.append(self.model(**enc).last_hidden_state[:, 0].float().cpu().numpy())
         return _normalise(np.concatenate(rows)) if rows else np.zeros((0, 1), np.float32)
