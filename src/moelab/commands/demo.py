@@ -281,7 +281,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="run the end-to-end demo on the embedded default")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--pages", type=int, default=400, help="synthetic web pages to crawl")
-    p.add_argument("--steps", type=int, default=100, help="training steps per model")
+    p.add_argument("--steps", type=int, default=300, help="training steps per model")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--olmoe", action="store_true", help="also train a tiny OLMoE-style model")
     p.add_argument("--prompt", default="The Python language")
