@@ -50,11 +50,15 @@ def _data(out: Path, pages: int, seed: int) -> Path:
 def _tokens(out: Path, docs: Path, vocab_size: int) -> tuple[Path, Any]:
     from moelab.tokens.config import TokenizeConfig, TrainTokenizerConfig
     from moelab.tokens.pipeline import tokenize, train_tokenizer
+    from moelab.tokens.tokenizer import Tokenizer
 
     tok_dir, shard_dir = out / "tokenizer", out / "tokens"
-    tokenizer = train_tokenizer(
-        TrainTokenizerConfig(docs_dir=str(docs), out_dir=str(tok_dir), vocab_size=vocab_size)
-    )
+    if (tok_dir / "tokenizer.json").exists():  # a rerun resumes: keep the shards' tokenizer
+        tokenizer = Tokenizer.from_file(tok_dir)
+    else:
+        tokenizer = train_tokenizer(
+            TrainTokenizerConfig(docs_dir=str(docs), out_dir=str(tok_dir), vocab_size=vocab_size)
+        )
     summary = tokenize(
         TokenizeConfig(
             docs_dir=str(docs),
@@ -96,8 +100,12 @@ def _train(out: Path, preset: str, shards: Path, tokenizer, args) -> tuple[Path,
             "seed": args.seed,
         }
     )
-    summary = train(cfg, log=lambda msg: print(f"  {msg}"))
-    first, last = summary["first"], summary["last"]
+    train(cfg, resume="auto", log=lambda msg: print(f"  {msg}"))  # a rerun resumes
+    records = [
+        json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    first, last = records[0], records[-1]
+    summary = {"first": first, "last": last}
     print(
         f"  {preset}: loss {first['loss']:.3f} → {last['loss']:.3f} in {steps} steps, "
         f"{last['tokens']:,} tokens, {last['tokens_per_s']:.0f} tok/s, "
@@ -241,22 +249,38 @@ def run_demo(args: argparse.Namespace) -> int:
     t0 = time.time()
     presets = ["tiny-dots"] + (["tiny-olmoe"] if args.olmoe else [])
     n = 8
+    timings: dict[str, float] = {}
+
+    def timed(key: str, fn, *fn_args):
+        start = time.time()
+        result = fn(*fn_args)
+        timings[key] = round(time.time() - start, 1)
+        print(f"  ({timings[key]} s)")
+        return result
+
     _banner(1, n, f"synthetic web ({args.pages} pages) → data stages 1–2 (dots.llm1 recipe)")
-    docs = _data(out, args.pages, args.seed)
+    docs = timed("data", _data, out, args.pages, args.seed)
     _banner(2, n, "tokenizer and token shards")
-    shards, tokenizer = _tokens(out, docs, args.vocab_size)
-    summary: dict[str, Any] = {"docs": str(docs), "shards": str(shards), "models": {}}
+    shards, tokenizer = timed("tokens", _tokens, out, docs, args.vocab_size)
+    summary: dict[str, Any] = {
+        "docs": str(docs),
+        "shards": str(shards),
+        "models": {},
+        "timings": timings,
+    }
     for preset in presets:
         _banner(3, n, f"train {preset} with intermediate checkpoints")
-        run_dir, result = _train(out, preset, shards, tokenizer, args)
+        run_dir, result = timed(f"train_{preset}", _train, out, preset, shards, tokenizer, args)
         _banner(4, n, f"generate from {run_dir.name} (greedy, KV cache)")
-        gen = _generate(run_dir, tokenizer, args.prompt, args.new_tokens)
+        gen = timed(
+            f"generate_{preset}", _generate, run_dir, tokenizer, args.prompt, args.new_tokens
+        )
         _banner(5, n, "perplexity and bits per byte on the held-out split")
-        evaluation = _evaluate(run_dir, out, tokenizer, seq_len=128)
+        evaluation = timed(f"perplexity_{preset}", _evaluate, run_dir, out, tokenizer, 128)
         _banner(6, n, "routing analysis across the intermediate checkpoints (OLMoE-style)")
-        routing = _analysis(run_dir, out, shards, preset)
+        routing = timed(f"analysis_{preset}", _analysis, run_dir, out, shards, preset)
         _banner(7, n, "export to the Hugging Face layout and reload")
-        export = _export(run_dir, out / preset, shards)
+        export = timed(f"export_{preset}", _export, run_dir, out / preset, shards)
         summary["models"][preset] = {
             "run_dir": str(run_dir),
             "loss_first": result["first"]["loss"],
@@ -270,11 +294,26 @@ def run_demo(args: argparse.Namespace) -> int:
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     _banner(8, n, f"done in {summary['seconds']} s; summary in {out / 'demo.json'}")
+    _print_artifacts(out, summary)
     ok = all(
         m["loss_last"] < m["loss_first"] and m["generation"]["cache_matches_recompute"]
         for m in summary["models"].values()
     )
     return 0 if ok else 1
+
+
+def _print_artifacts(out: Path, summary: dict) -> None:
+    print(f"  stage timings (s): {json.dumps(summary['timings'])}")
+    print(f"  web crawl + truth   {out / 'web'}")
+    print(f"  documents + funnel  {out / 'data'}   (moelab data stats {out / 'data'})")
+    print(f"  tokenizer, shards   {out / 'tokenizer'}, {out / 'tokens'}")
+    for preset, m in summary["models"].items():
+        print(
+            f"  {preset}: checkpoints {m['run_dir']}, report {m['routing']['report']}, "
+            f"HF export {m['export']['dir']}"
+        )
+        print(f"    serve it:  moelab serve {m['run_dir']} tokenizer={out / 'tokenizer'}")
+    print("  a rerun of the same command resumes: finished stages are skipped")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
