@@ -99,6 +99,7 @@ def trace_name(path: Path) -> str:
 
 
 @torch.no_grad()
+@torch.inference_mode()
 def route(
     model: torch.nn.Module, token_ids: np.ndarray, batch_size: int
 ) -> tuple[np.ndarray, list[int]]:
