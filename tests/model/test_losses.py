@@ -74,3 +74,31 @@ def test_cross_entropy_uniform_and_ignore():
 def test_empty_router_list_is_an_error():
     with pytest.raises(ValueError, match="at least one"):
         load_balancing_loss([], 4, 2)
+
+
+def _router_from_logits(logits: torch.Tensor, k: int) -> RouterOutput:
+    scores = logits.softmax(-1)
+    ids = scores.detach().topk(k).indices
+    counts = torch.bincount(ids.flatten(), minlength=logits.shape[-1])
+    return RouterOutput(logits, scores, ids, scores.gather(1, ids), counts)
+
+
+def test_aux_loss_gradients_match_their_closed_forms():
+    """The LB and z losses are differentiated exactly where they should be: through the router
+    probabilities (LB, with the token counts held constant) and the logits (z)."""
+    T, E, K = 12, 6, 2
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(T, E, generator=gen, requires_grad=True)
+    r = _router_from_logits(logits, K)
+    n = r.tokens_per_expert_E.float()
+    (g_lb,) = torch.autograd.grad(load_balancing_loss([r], E, K), logits)
+    # LB = E/(T·K) Σ_e n_e · mean_t p_te  ⇒  dLB/dz_tj = E/(T²K) · p_tj · (n_j − Σ_e n_e p_te)
+    p = logits.detach().softmax(-1)
+    expected = E / (T * T * K) * p * (n - (p * n).sum(-1, keepdim=True))
+    torch.testing.assert_close(g_lb, expected, atol=1e-7, rtol=1e-5)
+    (g_z,) = torch.autograd.grad(router_z_loss([_router_from_logits(logits, K)]), logits)
+    # z = mean_t lse_t²  ⇒  dz/dz_tj = 2 · lse_t · p_tj / T
+    lse = torch.logsumexp(logits.detach(), -1, keepdim=True)
+    torch.testing.assert_close(g_z, 2 * lse * p / T, atol=1e-7, rtol=1e-5)
+    # LB pushes probability away from the busiest expert: descent lowers its logits on average.
+    assert g_lb[:, n.argmax()].mean() > 0

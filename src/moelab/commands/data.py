@@ -5,6 +5,7 @@
     moelab data synth OUT --pages N --seed S
     moelab data eval RUN_DIR --truth OUT/truth.jsonl [--json]
     moelab data train-classifier [CONFIG.yaml] docs=LABELLED out_dir=MODEL   (stage 3)
+    moelab data tokenize [CONFIG.yaml] docs_dir=DOCS out_dir=SHARDS tokenizer=TOK   (= moelab tokens tokenize)
 
 Heavy imports (trafilatura, fastText, Ray) happen inside the command that needs them.
 """
@@ -91,5 +92,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from moelab.classify.commands import add_train_classifier
 
     add_train_classifier(sub)  # stage 3: page-type / quality / category / clutter models
+
+    from moelab.commands.tokens import add_tokenize
+
+    add_tokenize(
+        sub
+    )  # the hand-off to training, as the issue names it (same as `moelab tokens tokenize`)
 
     data.set_defaults(func=lambda _args: data.print_help() or 2)

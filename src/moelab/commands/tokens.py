@@ -69,6 +69,17 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_tokenize(subparsers: argparse._SubParsersAction) -> None:
+    """`tokenize` on any command group (`moelab tokens tokenize` and `moelab data tokenize`)."""
+    tok = subparsers.add_parser(
+        "tokenize", help="documents (JSONL) -> train/validation token shards"
+    )
+    tok.add_argument(
+        "items", nargs="*", help="an optional CONFIG.yaml, then dotted overrides key=value"
+    )
+    tok.set_defaults(func=_tokenize)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tokens = subparsers.add_parser("tokens", help="tokenizers and token shards")
     sub = tokens.add_subparsers(dest="tokens_command", metavar="SUBCOMMAND")
@@ -78,9 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("items", nargs="*", help=items_help)
     train.set_defaults(func=_train_tokenizer)
 
-    tok = sub.add_parser("tokenize", help="documents (JSONL) -> train/validation token shards")
-    tok.add_argument("items", nargs="*", help=items_help)
-    tok.set_defaults(func=_tokenize)
+    add_tokenize(sub)
 
     check = sub.add_parser("check", help="validate a shard folder before training")
     check.add_argument("shards", help="a shard folder, e.g. shards/train")
