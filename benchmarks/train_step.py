@@ -3,7 +3,9 @@
 Both sides start from identical weights (moelab writes an HF directory, transformers loads it)
 and run the same step: forward, cross-entropy, backward, gradient clipping, AdamW. transformers
 is timed under each experts implementation it registers; contenders are timed round-robin so
-background load hits them alike. MFU is reported where the device peak is known (GPUs).
+background load hits them alike. MFU is reported where the device peak is known (GPUs). On a CPU,
+whose peak is not in a table, the run measures one itself (a large fp32 matmul on the same
+threads) and reports each contender's model GFLOP/s against it: the ceiling on any speed-up.
 
 Usage:
     python -P benchmarks/train_step.py                         # tiny-olmoe and tiny-dots on CPU
@@ -49,6 +51,22 @@ def _step_fn(model, x, y, moelab_side: bool, dtype):
     return step
 
 
+def measured_matmul_gflops(device, dtype, n: int = 1024, seconds: float = 2.0) -> float:
+    """Best GFLOP/s of an n×n×n matmul: what this device's BLAS reaches on these threads."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def bench(
     cfg: ModelConfig, batch: int, seq: int, device, dtype, rounds: int, min_time: float, hf_impls
 ):
@@ -91,6 +109,7 @@ def bench(
     tokens = batch * seq
     peak = detect_peak_tflops(device)
     flops = model_flops_per_token(cfg, seq)
+    matmul_gflops = measured_matmul_gflops(device, dtype)
     rows = []
     for name, ts in times.items():
         sec = statistics.median(ts)
@@ -101,6 +120,9 @@ def bench(
                 "step_ms": sec * 1e3,
                 "tokens_per_s": tps,
                 "mfu": tps * flops / (peak * 1e12) if peak else None,
+                "model_gflops": tps * flops / 1e9,
+                "of_measured_matmul_peak": tps * flops / 1e9 / matmul_gflops,
+                "matmul_peak_gflops": matmul_gflops,
                 "first_loss": first_losses[name],
             }
         )
@@ -140,16 +162,19 @@ def main() -> None:
             cfg, args.batch, args.seq, device, dtype, args.rounds, args.min_time, args.hf_impls
         )
         results[preset] = rows
+        print(f"\nmeasured fp32/bf16 matmul peak here: {rows[0]['matmul_peak_gflops']:.1f} GFLOP/s")
         print(
             f"\n{preset}: batch {args.batch} × seq {args.seq}, {args.dtype}, {device_name(device)}"
         )
         print(
-            f"{'impl':<26} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'vs HF eager':>11} {'vs HF fastest':>13} {'loss@0':>8}"
+            f"{'impl':<26} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'GFLOP/s':>8} {'of mm peak':>10} "
+            f"{'vs HF eager':>11} {'vs HF fastest':>13} {'loss@0':>8}"
         )
         for r in rows:
             mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] else "    -"
             print(
                 f"{r['impl']:<26} {r['step_ms']:9.1f} {r['tokens_per_s']:10.0f} {mfu:>6} "
+                f"{r['model_gflops']:8.1f} {r['of_measured_matmul_peak'] * 100:9.1f}% "
                 f"{r['vs_hf_eager'] or 0:10.2f}x {r['vs_hf_fastest'] or 0:12.2f}x {r['first_loss']:8.4f}"
             )
     out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{device.type}.json")
