@@ -11,11 +11,10 @@ METRICS = ("reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected")
 
 
 def _dpo(args: argparse.Namespace) -> int:
-    from moelab.posttrain.config import DPOConfig, load_config
-    from moelab.posttrain.dpo import train_dpo
-
     from moelab.checkpoint.hf import CheckpointError
+    from moelab.posttrain.config import DPOConfig, load_config
     from moelab.posttrain.data import DataError
+    from moelab.posttrain.dpo import train_dpo
 
     cfg = load_config(DPOConfig, args.config, args.overrides)
     try:

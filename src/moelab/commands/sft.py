@@ -9,11 +9,10 @@ from moelab.commands.train import print_last
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from moelab.posttrain.config import SFTConfig, load_config
-    from moelab.posttrain.sft import train_sft
-
     from moelab.checkpoint.hf import CheckpointError
+    from moelab.posttrain.config import SFTConfig, load_config
     from moelab.posttrain.data import DataError
+    from moelab.posttrain.sft import train_sft
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
     try:
