@@ -13,7 +13,7 @@ from moelab.checkpoint.layout import load_model
 from moelab.cli import main
 from moelab.infer.chat import builtin_template
 from moelab.posttrain.packing import PackedLoader
-from moelab.posttrain.sft import SFTObjective, sft_example, train_sft
+from moelab.posttrain.sft import SFTObjective, build_sft, sft_example, train_sft
 from moelab.train.trainer import Trainer
 
 from .conftest import base_checkpoint, metrics, sft_config, sft_records, write_jsonl
@@ -105,3 +105,19 @@ def test_cli_runs_and_reports_bad_records_by_line(setup, tmp_path, capsys):
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1])["step"] == 2
     assert "bad.jsonl:4:" in (tmp_path / "run" / "data_problems.txt").read_text()
+
+
+def test_sft_starts_from_an_hf_directory_and_uses_its_jinja_template(setup, tmp_path):
+    _, base, data = setup
+    hf = tmp_path / "hf"
+    assert main(["export", str(base), str(hf), "--dtype", "float32"]) == 0
+    logged = []
+    cfg = sft_config(tmp_path, hf, data, max_steps=2)
+    trainer = Trainer(cfg, objective=lambda t: build_sft(cfg, t), log=logged.append)
+    assert "template tokenizer_config" in " ".join(logged)  # the exported Jinja template
+    for name, tensor in load_model(base).state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], tensor), name
+    # The Jinja template marks the same tokens as the built-in one.
+    ours = train_sft(sft_config(tmp_path / "b", base, data, max_steps=2), **QUIET)
+    theirs = trainer.run()
+    assert theirs["last"]["loss"] == pytest.approx(ours["last"]["loss"], rel=1e-6)
