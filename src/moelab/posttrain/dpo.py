@@ -10,8 +10,9 @@ The reference is the initial weights (``init_from``, else the seeded random init
 mode with gradients off and outside the optimizer, so nothing can change it. With
 ``dpo.reference: precomputed`` its log-probs are computed once for every pair, kept in
 ``reference_logps.pt`` in the run directory (reused on resume when data, weights and
-settings match), and the copy is freed. The balance losses and the expert-bias update use
-the policy's routing of chosen and rejected rows (padding included).
+settings match), and the copy is freed; every data-parallel rank computes the whole table. The
+balance losses and the expert-bias update use the policy's routing of chosen and rejected
+rows, padding tokens included (the DPO loss never sees them).
 """
 
 from __future__ import annotations
