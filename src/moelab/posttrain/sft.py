@@ -1,9 +1,9 @@
 """Supervised fine-tuning: chat JSONL → packed rows → cross-entropy on assistant tokens only.
 
 The loss of a step is the mean over every trained (assistant) token of the step, not a mean
-of per-micro-batch means: ``prepare_step`` counts the step's trained tokens and each micro
-batch is scaled by that count, so a micro batch with more assistant tokens weighs more, as
-it would in one big batch. (Under data parallelism the count is per rank.)
+of per-micro-batch means: ``prepare_step`` counts the step's trained tokens (summed over the
+data-parallel ranks) and each micro batch is scaled by that count, so a micro batch with more
+assistant tokens weighs more, as it would in one big batch on one device.
 
 Everything else (optimizer, schedule, accumulation, balance losses, expert-bias update,
 checkpoints, exact resume, metrics.jsonl) is the pretraining Trainer's.
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from moelab.infer.chat import ChatTemplate
@@ -40,8 +41,8 @@ def sft_example(obj: Any, tokenizer: Tokenizer, template: ChatTemplate, max_toke
 class SFTObjective:
     """Packed conversations; loss = mean cross-entropy over the step's assistant tokens."""
 
-    def __init__(self, loader: PackedLoader):
-        self.data = loader
+    def __init__(self, loader: PackedLoader, dist=None):
+        self.data, self.dist = loader, dist
 
     def __iter__(self):
         return iter(self.data)
@@ -53,9 +54,13 @@ class SFTObjective:
         self.data.load_state_dict(state)
 
     def prepare_step(self, batches: list[PackedBatch]) -> list[PackedBatch]:
-        total = sum(b.trained_tokens for b in batches)
+        """Scale so that the trainer's 1/accum and the ranks' gradient mean give Σ nll / Σ tokens."""
+        total, ranks = float(sum(b.trained_tokens for b in batches)), 1
+        if self.dist is not None and self.dist.enabled:
+            count = torch.tensor([total], dtype=torch.float64, device=self.dist.device)
+            total, ranks = self.dist.sum_(count).item(), self.dist.dp_size
         for b in batches:
-            b.loss_scale = len(batches) / total
+            b.loss_scale = len(batches) * ranks / total
         return batches
 
     def loss(self, forward: Forward, batch: PackedBatch) -> ObjectiveLoss:
@@ -100,7 +105,7 @@ def build_sft(cfg: SFTConfig, trainer) -> SFTObjective:
         pad_id=pad_id(tokenizer),
         fingerprint=loaded.fingerprint,
     )
-    return SFTObjective(loader)
+    return SFTObjective(loader, trainer.dist)
 
 
 def train_sft(
