@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "infer": {"model", "checkpoint", "tokens.tokenizer", "parallel", "common", "config"},
     "eval": {"model", "checkpoint", "tokens", "infer", "parallel", "common", "config"},
     "analysis": {"model", "checkpoint", "tokens", "infer", "common", "config"},
+    "posttrain": {"model", "tokens", "train", "checkpoint", "infer", "common", "config"},
 }
 NO_TORCH = {"data"}
 NO_TORCH_AT_IMPORT = {"common"}  # may import torch inside a function, never at module level

@@ -27,6 +27,8 @@ STAGE_COMMANDS: dict[str, str] = {
     "eval": "moelab.commands.eval",
     "analyze": "moelab.commands.analyze",
     "train": "moelab.commands.train",
+    "sft": "moelab.commands.sft",
+    "dpo": "moelab.commands.dpo",
 }
 
 

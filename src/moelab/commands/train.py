@@ -12,16 +12,19 @@ def _train(args: argparse.Namespace) -> int:
     from moelab.train.trainer import train
 
     cfg = TrainConfig.from_yaml(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume)
+    return print_last(cfg, train(cfg, resume=args.resume))
+
+
+def print_last(cfg, summary: dict, extra: tuple[str, ...] = ()) -> int:
+    """Print the last step's main numbers as JSON (rank 0 only); shared by train, sft and dpo."""
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     last = summary["last"]
     if last is None:
         print(f"nothing to do: already at max_steps ({cfg.max_steps}) in {cfg.out_dir}")
         return 0
-    print(
-        json.dumps({k: last[k] for k in ("step", "tokens", "loss", "lr", "grad_norm") if k in last})
-    )
+    keys = ("step", "tokens", "loss", *extra, "lr", "grad_norm")
+    print(json.dumps({k: last[k] for k in keys if k in last}))
     return 0
 
 

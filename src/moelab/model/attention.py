@@ -7,8 +7,11 @@
 RoPE comes after the norm in both. The KV-cache hook: ``forward(..., kv_cache=cache)`` calls
 ``cache.update(layer_idx, k, v, positions)`` which stores the new keys/values and returns every
 key/value the queries may attend to, together with their positions. Masks are built from
-positions, so a cache can hold rows of different lengths. This module knows nothing about
-tokens or sampling.
+positions, so a cache can hold rows of different lengths. Packed training rows pass
+``document_ids`` (B, T) instead: a token attends only to earlier tokens of its own document
+(a block-diagonal causal mask), and the caller restarts positions at each document. Without
+either, attention takes the plain causal fast path. This module knows nothing about tokens or
+sampling.
 
 Shapes: B batch, T new tokens, S keys (cached + new), H heads, K kv heads, d head_dim.
 """
@@ -76,6 +79,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         positions_BT: torch.Tensor,
         kv_cache: KVCacheProtocol | None = None,
+        document_ids_BT: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x_BTD.shape
         q, k, v = self._project(x_BTD)
@@ -88,6 +92,8 @@ class Attention(nn.Module):
             if key_valid_BS is not None:
                 mask = mask & key_valid_BS[:, None, :]
             mask = mask[:, None]  # broadcast over heads
+        elif document_ids_BT is not None:
+            mask = document_causal_mask(document_ids_BT)[:, None]
         out = self._attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
@@ -103,6 +109,13 @@ class Attention(nn.Module):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return _eager_attention(q, k, v, mask, self.head_dim**-0.5)
+
+
+def document_causal_mask(document_ids_BT: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) boolean: query t sees key s iff s <= t and both are in the same document."""
+    T = document_ids_BT.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids_BT.device).tril()
+    return causal & (document_ids_BT[:, :, None] == document_ids_BT[:, None, :])
 
 
 def _eager_attention(

@@ -50,8 +50,11 @@ class TransformerBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         positions_BT: torch.Tensor,
         kv_cache: KVCacheProtocol | None = None,
+        document_ids_BT: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RouterOutput | None]:
-        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), rope, positions_BT, kv_cache)
+        x_BTD = x_BTD + self.self_attn(
+            self.input_layernorm(x_BTD), rope, positions_BT, kv_cache, document_ids_BT
+        )
         h = self.post_attention_layernorm(x_BTD)
         if self.is_moe:
             y, routing = self.mlp(h)
@@ -82,9 +85,16 @@ class MoETransformer(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor | None = None,
         kv_cache: KVCacheProtocol | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
-        """input_ids (B, T); positions (B, T) default to 0..T-1 (pass them when decoding)."""
+        """input_ids (B, T); positions (B, T) default to 0..T-1 (pass them when decoding).
+
+        ``document_ids`` (B, T) packs several documents per row: attention stays within each
+        document (pass positions restarting at each document too). Not combined with a cache.
+        """
         B, T = input_ids.shape
+        if document_ids is not None and kv_cache is not None:
+            raise ValueError("document_ids (packed rows) cannot be combined with a KV cache")
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
@@ -96,7 +106,7 @@ class MoETransformer(nn.Module):
         rope = self.rotary(positions, dtype)
         out = ModelOutput(logits=h)
         for block in self.layers.values():
-            h, routing = block(h, rope, positions, kv_cache)
+            h, routing = block(h, rope, positions, kv_cache, document_ids)
             if routing is not None:
                 out.router.append(routing)
                 out.moe_layers.append(block.layer_idx)

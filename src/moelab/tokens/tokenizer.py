@@ -186,6 +186,20 @@ class Tokenizer:
         finally:
             self.hf.encode_special_tokens = True
 
+    def encode_chat(self, text: str) -> tuple[list[int], list[int]]:
+        """Ids of a rendered chat (special-token strings parsed) and each token's start character.
+
+        The start offsets let a caller mark which tokens came from which part of the text
+        (assistant turns for SFT) while tokenizing the whole string at once, exactly as
+        inference and transformers' ``apply_chat_template`` do.
+        """
+        self.hf.encode_special_tokens = False
+        try:
+            enc = self.hf.encode(text, add_special_tokens=False)
+        finally:
+            self.hf.encode_special_tokens = True
+        return enc.ids, [start for start, _ in enc.offsets]
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids of many texts at once (``tokenizers`` batches in Rust, skipping offsets)."""
         return [e.ids for e in self.hf.encode_batch_fast(list(texts), add_special_tokens=False)]

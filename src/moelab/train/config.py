@@ -143,6 +143,9 @@ class TrainConfig(Config):
     parallel: ParallelDims = field(default_factory=ParallelDims)
     """Used when started by torchrun (WORLD_SIZE > 1); ignored in a single process."""
     out_dir: str = "runs/train"
+    init_from: str = ""
+    """Start from these weights (moelab checkpoint, run directory or HF directory) with a fresh
+    optimizer; empty = random init. Skipped when resuming from a checkpoint of this run."""
     max_steps: int = 100
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"

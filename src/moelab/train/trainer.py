@@ -6,6 +6,10 @@ whole global batch. Checkpoints are written only at step boundaries and hold eve
 next step depends on (weights and biases, optimizer, loader position, RNG states, step and
 tokens), so a resumed run repeats the uninterrupted one bit for bit on CPU.
 
+What is optimized is an ``Objective`` (moelab.train.objective): the batch source and the loss.
+Pretraining on token shards is the default; SFT and DPO (moelab.posttrain) pass their own, so
+every stage shares this loop. ``init_from`` starts from existing weights with a fresh optimizer.
+
 What this module does not know: how parallelism is applied (moelab.parallel wraps the model
 and reduces counts), or what a checkpoint file looks like (moelab.checkpoint.layout).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,6 @@ from moelab.checkpoint.layout import (
     validate_checkpoint,
 )
 from moelab.model.losses import (
-    cross_entropy,
     load_balancing_loss,
     router_z_loss,
     sequence_balance_loss,
@@ -45,6 +49,7 @@ from moelab.train.config import TrainConfig
 from moelab.train.distributed import setup as setup_distributed
 from moelab.train.distributed import shard_model
 from moelab.train.metrics import MetricsLogger, detect_peak_tflops
+from moelab.train.objective import Objective, PretrainObjective
 from moelab.train.optim import build_optimizer
 from moelab.train.schedule import global_batch_at, lr_at
 
@@ -56,7 +61,14 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: str | None = None,
+        log=print,
+        objective: Callable[[Trainer], Objective] | None = None,
+    ):
+        """``objective(trainer)`` builds what is optimized (default: pretraining on cfg.data)."""
         self.cfg, self.log = cfg, log
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -66,21 +78,11 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.seed)
         self.model: MoETransformer = build_model(cfg.model, device=self.device, seed=cfg.seed)
+        if cfg.init_from and not (resume and list_checkpoints(self.out_dir)):
+            self._init_from(cfg.init_from)
         shard_model(self.model, self.dist)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        if not cfg.data.shards:
-            raise ValueError("data.shards is required: a folder made by `moelab tokens tokenize`")
-        self.loader = TokenLoader(
-            cfg.data.shards,
-            seq_len=cfg.batch.seq_len,
-            batch_size=cfg.batch.micro_batch_size,
-            seed=cfg.data.seed,
-            tokenizer_hash=cfg.data.tokenizer_hash,
-            vocab_size=cfg.model.vocab_size,
-            as_torch=True,
-            rank=self.dist.dp_rank,
-            world_size=self.dist.dp_size,
-        )
+        self.loader: Objective = objective(self) if objective else self._pretrain_objective()
         self.state = TrainState()
         if resume:
             self._resume(resume)
@@ -92,6 +94,39 @@ class Trainer:
         self._last_intermediate = (
             self.state.tokens // cfg.checkpoint.every_tokens if cfg.checkpoint.every_tokens else 0
         )
+
+    def _pretrain_objective(self) -> PretrainObjective:
+        cfg = self.cfg
+        if not cfg.data.shards:
+            raise ValueError("data.shards is required: a folder made by `moelab tokens tokenize`")
+        loader = TokenLoader(
+            cfg.data.shards,
+            seq_len=cfg.batch.seq_len,
+            batch_size=cfg.batch.micro_batch_size,
+            seed=cfg.data.seed,
+            tokenizer_hash=cfg.data.tokenizer_hash,
+            vocab_size=cfg.model.vocab_size,
+            as_torch=True,
+            rank=self.dist.dp_rank,
+            world_size=self.dist.dp_size,
+        )
+        return PretrainObjective(loader)
+
+    def _init_from(self, path: str) -> None:
+        """Copy weights (and expert biases) from a checkpoint whose config matches cfg.model."""
+        from moelab.checkpoint.layout import load_model
+
+        source = load_model(path, dtype=torch.float32, device=self.device)
+        ours, theirs = self.cfg.model.to_dict(), source.config.to_dict()
+        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+        try:
+            self.model.load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{path}: weights do not fit model (config differs in {differ}): {err}"
+            ) from None
+        note = f" (model config differs in {differ})" if differ else ""
+        self.log(f"initialised from {path}{note}")
 
     # -- resume ------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
@@ -150,15 +185,22 @@ class Trainer:
             self.log(f"no usable checkpoint in {self.out_dir}: starting from scratch")
 
     # -- one optimizer step --------------------------------------------------------------------
+    def forward(self, inputs: torch.Tensor, *, model=None, **model_kwargs):
+        """The model (or ``model``) on this device under the run's autocast; tensors moved."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        kwargs = {
+            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in model_kwargs.items()
+        }
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        ):
+            return (model or self.model)(inputs, **kwargs)
+
     def _micro_step(self, batch, accum: int) -> tuple[float, dict[str, float], torch.Tensor]:
         cfg = self.cfg
-        inputs = batch.inputs.to(self.device, non_blocking=True)
-        targets = batch.targets.to(self.device, non_blocking=True)
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
-        ):
-            out = self.model(inputs)
-        ce = cross_entropy(out.logits, targets)
+        result = self.loader.loss(self.forward, batch)
+        ce, out = result.loss, result.output
         loss, parts = ce, {}
         moe, bal = cfg.model.moe, cfg.balance
         if out.router:
@@ -170,12 +212,18 @@ class Trainer:
                 loss = loss + bal.z_coef * parts["z_loss"]
             if bal.seq_aux_coef:
                 parts["seq_aux_loss"] = sequence_balance_loss(
-                    out.router, batch_size=inputs.shape[0]
+                    out.router, batch_size=out.logits.shape[0]
                 )
                 loss = loss + bal.seq_aux_coef * parts["seq_aux_loss"]
         (loss / accum).backward()
         counts = torch.stack([r.tokens_per_expert_E for r in out.router]) if out.router else None
-        return ce.item(), {k: v.item() for k, v in parts.items()}, counts
+        metrics = {**result.metrics, **{k: v.item() for k, v in parts.items()}}
+        return ce.item(), metrics, counts
+
+    def _step_batches(self, accum: int) -> list:
+        batches = [next(self.batches) for _ in range(accum)]
+        prepare = getattr(self.loader, "prepare_step", None)
+        return prepare(batches) if prepare else batches
 
     def train_step(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
@@ -192,8 +240,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         ce_sum, part_sums, counts = 0.0, {}, None
-        for _ in range(accum):
-            ce, parts, c = self._micro_step(next(self.batches), accum)
+        for batch in self._step_batches(accum):
+            ce, parts, c = self._micro_step(batch, accum)
             ce_sum += ce
             for k, v in parts.items():
                 part_sums[k] = part_sums.get(k, 0.0) + v

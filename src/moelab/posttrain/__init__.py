@@ -1,0 +1,1 @@
+"""Post-training on the pretraining trainer: supervised fine-tuning (SFT) and DPO."""
