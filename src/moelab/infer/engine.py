@@ -152,18 +152,21 @@ class Engine:
             ids[b, : lengths[b]] = torch.tensor(r.prompt)
         positions = torch.arange(T).expand(len(requests), T)
         self.cache.bind([r.row for r in requests], end=T)
-        logits_BTV = self.model(
-            ids.to(self.device), positions=positions.to(self.device), kv_cache=self.cache
-        ).logits
         last = torch.tensor(lengths, device=self.device) - 1
-        logits_BV = logits_BTV[torch.arange(len(requests), device=self.device), last]
+        logits_BV = self.model(
+            ids.to(self.device),
+            positions=positions.to(self.device),
+            kv_cache=self.cache,
+            logits_at=last,
+        ).logits[:, 0]
         return self._sample(requests, logits_BV)
 
     def _decode(self, requests: list[Request]) -> list[TokenEvent]:
         requests = sorted(requests, key=lambda r: r.row)  # contiguous rows bind as a view
+        positions = [r.next_position for r in requests]
         ids = torch.tensor([[r.output[-1]] for r in requests], device=self.device)
-        pos = torch.tensor([[r.next_position] for r in requests], device=self.device)
-        self.cache.bind([r.row for r in requests], end=int(pos.max()) + 1)
+        pos = torch.tensor(positions, device=self.device)[:, None]
+        self.cache.bind([r.row for r in requests], end=max(positions) + 1)
         logits_BV = self.model(ids, positions=pos, kv_cache=self.cache).logits[:, -1]
         return self._sample(requests, logits_BV)
 
