@@ -7,10 +7,12 @@ import torch
 
 from moelab.infer.sampling import (
     SamplingParams,
+    apply_presence_frequency,
     apply_repetition_penalty,
     filter_top_k,
     filter_top_p,
     sample_next,
+    token_logprobs,
 )
 
 
@@ -65,8 +67,35 @@ def test_top_k_one_samples_the_argmax():
         ({"top_p": 0.0}, "top_p"),
         ({"top_k": -2}, "top_k"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3.0}, "frequency_penalty"),
+        ({"logprobs": -1}, "logprobs"),
     ],
 )
 def test_invalid_params_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_presence_and_frequency_penalties_follow_openai():
+    """logit[j] -= frequency * count[j] + presence * (count[j] > 0), over generated ids only."""
+    logits = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    out = apply_presence_frequency(logits, torch.tensor([2, 2, 2, 0]), presence=0.5, frequency=0.25)
+    assert out.tolist() == [1.0 - 0.25 - 0.5, 1.0, 1.0 - 0.75 - 0.5, 1.0]
+    negative = apply_presence_frequency(logits, torch.tensor([3]), presence=-1.0, frequency=0.0)
+    assert negative.tolist() == [1.0, 1.0, 1.0, 2.0]  # a negative penalty encourages repeats
+    # Greedy decoding honours them: the repeated argmax loses to the runner-up.
+    params = SamplingParams(frequency_penalty=1.0)
+    peaked = torch.tensor([0.0, 2.5, 2.0])
+    assert sample_next(peaked, params, None, output=torch.tensor([1])) == 2
+    assert sample_next(peaked, params, None, output=torch.tensor([], dtype=torch.long)) == 1
+
+
+def test_token_logprobs_are_raw_log_softmax_with_top_n_per_row():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    ref = logits.log_softmax(-1)
+    a, b = token_logprobs(logits, tokens=[2, 0], top_n=[2, 0])
+    assert a.token == 2 and a.logprob == pytest.approx(float(ref[0, 2]))
+    assert [t for t, _ in a.top] == [1, 2]
+    assert [v for _, v in a.top] == pytest.approx(ref[0, [1, 2]].tolist())
+    assert b.top == [] and b.logprob == pytest.approx(float(ref[1, 0]))

@@ -170,9 +170,17 @@ class Server:
         return {
             "tokens": [text(lp.token) for lp in lps],
             "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{text(t): v for t, v in lp.top} for lp in lps],
+            "top_logprobs": [_top_dict(text, lp.top) for lp in lps],
             "text_offset": [base + o for o in offsets],
         }
+
+
+def _top_dict(text, top: list[tuple[int, float]]) -> dict[str, float]:
+    """Completions key top tokens by text; two ids with one text keep the likelier."""
+    out: dict[str, float] = {}
+    for token, logprob in top:
+        out.setdefault(text(token), logprob)
+    return out
 
 
 def _entry(token: str, logprob: float) -> dict[str, Any]:
