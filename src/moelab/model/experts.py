@@ -75,10 +75,12 @@ class GroupedExperts(nn.Module):
             x_TD = x_TD.to(torch.get_autocast_dtype(device_type))
         T, K = expert_ids_TK.shape
         flat = expert_ids_TK.reshape(-1)
-        w_up = self.gate_up_proj.index_select(0, flat).to(x_TD.dtype)  # (S, 2F, D)
-        x_S1D = x_TD.repeat_interleave(K, dim=0)[:, None, :]
+        w_up = self.gate_up_proj.index_select(0, flat)  # (S, 2F, D)
+        w_down = self.down_proj.index_select(0, flat)  # (S, D, F)
+        if w_up.dtype != x_TD.dtype:
+            w_up, w_down = w_up.to(x_TD.dtype), w_down.to(x_TD.dtype)
+        x_S1D = x_TD[:, None, None, :].expand(T, K, 1, self.dim).reshape(T * K, 1, self.dim)
         gate, up = torch.bmm(x_S1D, w_up.transpose(1, 2)).chunk(2, dim=-1)  # (S, 1, F) each
-        w_down = self.down_proj.index_select(0, flat).to(x_TD.dtype)  # (S, D, F)
         y_S1D = torch.bmm(F.silu(gate) * up, w_down.transpose(1, 2))
         return y_S1D.view(T, K, self.dim)
 
