@@ -13,8 +13,9 @@ sides' greedy tokens are compared once per batch (``same_tokens``). transformers
 defaults (SDPA attention, its default experts implementation, DynamicCache).
 
 Then the OpenAI server (uvicorn on 127.0.0.1) is loaded by 1, 4 and 16 concurrent clients, each
-sending --requests completions; reported: completion tokens/s over the whole run and the mean
-number of requests the batching loop decoded per step.
+sending --requests completions (the clients are threads of this process); reported: completion
+tokens per wall second and per CPU second of the process (server, engine and clients; the one
+to read on a shared machine), and the mean number of requests decoded per engine step.
 
 Usage:
     python -P benchmarks/infer_generate.py      # CPU: tiny-dots and tiny-olmoe, batch 1 and 8
@@ -70,11 +71,6 @@ def clock(device: str) -> float:
         torch.cuda.synchronize()
         return time.perf_counter()
     return time.process_time()
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def time_moelab(model, prompts: torch.Tensor, new: int, device: str) -> float:
@@ -204,10 +200,10 @@ def _load(url: str, clients: int, args, httpx) -> dict:
                 tokens += r.json()["usage"]["completion_tokens"]
         return tokens
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         tokens = sum(pool.map(worker, range(clients)))
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     after = httpx.get(url + "/health").json()
     return {
         "clients": clients,
@@ -215,6 +211,8 @@ def _load(url: str, clients: int, args, httpx) -> dict:
         "completion_tokens": tokens,
         "seconds": seconds,
         "tok_s": tokens / seconds,
+        "cpu_seconds": cpu_seconds,
+        "tok_per_cpu_s": tokens / cpu_seconds,
         "steps": after["steps"] - before["steps"],
         "tokens_per_step": (after["tokens"] - before["tokens"])
         / max(1, after["steps"] - before["steps"]),
@@ -261,11 +259,11 @@ def bench_preset(preset: str, args, transformers) -> dict:
     if not args.no_server:
         server_rows = bench_server(model, tiny_tokenizer(cfg.vocab_size), cfg.family, args)
         print(f"server: {args.requests} requests per client, max_tokens {args.new}, greedy")
-        print(f"{'clients':>8}{'requests':>10}{'tok/s':>10}{'tokens/step':>13}")
+        print(f"{'clients':>8}{'requests':>10}{'tok/s':>10}{'tok/cpu-s':>11}{'tokens/step':>13}")
         for r in server_rows:
             print(
                 f"{r['clients']:>8}{r['requests']:>10}{r['tok_s']:>10.1f}"
-                f"{r['tokens_per_step']:>13.2f}"
+                f"{r['tok_per_cpu_s']:>11.1f}{r['tokens_per_step']:>13.2f}"
             )
     return {
         "preset": preset,
