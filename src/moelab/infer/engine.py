@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from moelab.infer.kv_cache import KVCache
-from moelab.infer.sampling import SamplingParams, TokenLogprob, sample_next, token_logprobs
+from moelab.infer.sampling import SamplingParams, TokenLogprob, sample_batch, token_logprobs
 from moelab.model.transformer import MoETransformer
 
 StopFn = Callable[[list[int]], bool]
@@ -177,7 +177,13 @@ class Engine:
         if all(r.params.plain_argmax for r in requests):
             tokens = logits_BV.argmax(-1).tolist()  # one device sync for the whole batch
         else:
-            tokens = [self._sample_row(r, row) for r, row in zip(requests, logits_BV, strict=True)]
+            tokens = sample_batch(
+                logits_BV,
+                [r.params for r in requests],
+                [r.generator for r in requests],
+                [r.prompt + r.output for r in requests],
+                [r.output for r in requests],
+            )
         logprobs = self._logprobs(requests, logits_BV, tokens)
         events = []
         for request, token, logprob in zip(requests, tokens, logprobs, strict=True):
@@ -189,14 +195,6 @@ class Engine:
             if reason is not None:
                 self._finish(request, reason)
         return events
-
-    def _sample_row(self, request: Request, logits_V: torch.Tensor) -> int:
-        p, seen, output = request.params, None, None
-        if p.repetition_penalty != 1.0:
-            seen = torch.tensor(request.prompt + request.output, device=logits_V.device)
-        if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
-            output = torch.tensor(request.output, dtype=torch.long, device=logits_V.device)
-        return sample_next(logits_V, p, request.generator, seen, output)
 
     @staticmethod
     def _logprobs(

@@ -1,7 +1,8 @@
 """Next-token selection: penalties, temperature, top-k, top-p, with an explicit generator.
 
 ``SamplingParams`` holds what one request asks for; ``sample_next`` turns one row of logits into
-one token id. Temperature 0 means greedy (argmax, no randomness). Every random draw goes through
+one token id, and ``sample_batch`` (what the engine runs) does a whole batch of rows with
+different params in a few batched ops, drawing by inverse CDF from one uniform number per row. Temperature 0 means greedy (argmax, no randomness). Every random draw goes through
 the ``torch.Generator`` the caller passes, one per request, so a seeded request gives the same
 tokens whether it runs alone or batched with others.
 
@@ -164,6 +165,85 @@ def sample_next(
     logits = filter_top_p(filter_top_k(logits, params.top_k), params.top_p)
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_batch(
+    logits_BV: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    contexts: Sequence[Sequence[int]],
+    outputs: Sequence[Sequence[int]],
+) -> list[int]:
+    """One token per row, each row under its own params and generator, without a loop of
+    per-row tensor pipelines: penalties are applied only to the rows that ask for them, greedy
+    rows take one batched argmax, and sampled rows share one temperature / top-k / top-p /
+    softmax pass; each then draws one uniform number from its own generator and picks its
+    token by inverse CDF, so a seeded row gets the same token alone or batched.
+
+    Args:
+        contexts: each row's prompt + output ids (repetition penalty).
+        outputs: each row's output ids (presence and frequency penalties).
+    """
+    logits = logits_BV.float()
+    device = logits.device
+    penalised = [
+        b
+        for b, p in enumerate(params)
+        if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+    ]
+    if penalised:
+        logits = logits.clone()  # rows are rewritten in place; the caller's logits stay raw
+    for b in penalised:
+        p = params[b]
+        seen = torch.tensor(list(contexts[b]), dtype=torch.long, device=device)
+        logits[b] = apply_repetition_penalty(logits[b], seen, p.repetition_penalty)
+        out = torch.tensor(list(outputs[b]), dtype=torch.long, device=device)
+        logits[b] = apply_presence_frequency(
+            logits[b], out, p.presence_penalty, p.frequency_penalty
+        )
+    tokens = [0] * len(params)
+    greedy = [b for b, p in enumerate(params) if p.greedy]
+    drawn = [b for b, p in enumerate(params) if not p.greedy]
+    if greedy:
+        for b, t in zip(greedy, _rows(logits, greedy).argmax(-1).tolist(), strict=True):
+            tokens[b] = t
+    if drawn:
+        picked = _draw(
+            _rows(logits, drawn), [params[b] for b in drawn], [generators[b] for b in drawn]
+        )
+        for b, t in zip(drawn, picked, strict=True):
+            tokens[b] = t
+    return tokens
+
+
+def _rows(x_BV: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    if len(rows) == x_BV.shape[0]:
+        return x_BV
+    return x_BV[torch.tensor(rows, device=x_BV.device)]
+
+
+def _draw(
+    logits_RV: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+) -> list[int]:
+    """Temperature, top-k (ties kept, as ``filter_top_k``), top-p and an inverse-CDF draw."""
+    R, V = logits_RV.shape
+    device = logits_RV.device
+    temps = torch.tensor([p.temperature for p in params], device=device)[:, None]
+    scaled = logits_RV / temps
+    sorted_l, order = torch.sort(scaled, dim=-1, descending=True)
+    ks = torch.tensor([p.top_k if 0 < p.top_k < V else V for p in params], device=device)
+    kth = sorted_l.gather(1, (ks - 1)[:, None])
+    sorted_l = sorted_l.masked_fill(sorted_l < kth, float("-inf"))
+    top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
+    probs = sorted_l.softmax(-1)
+    drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)
+    sorted_l = sorted_l.masked_fill(drop, float("-inf"))
+    cdf = sorted_l.softmax(-1).cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g, device=device) for g in generators])
+    where = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=V - 1)
+    return order.gather(1, where)[:, 0].tolist()
 
 
 @dataclass
