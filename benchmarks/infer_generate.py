@@ -7,15 +7,21 @@ no padding), greedy, no stop token. Reported per batch size:
 * prefill tokens/s: prompt tokens / time to the first generated token;
 * decode tokens/s: generated tokens after the first / the time they took.
 
-transformers runs with its defaults (SDPA attention, its default experts implementation,
-DynamicCache). Then the OpenAI server (uvicorn on 127.0.0.1) is loaded by 1, 4 and 16
-concurrent clients, each sending --requests completions; reported: completion tokens/s over the
-whole run and the most requests the batching loop decoded together.
+The four timed calls (moelab and transformers, 1 and N new tokens) run round-robin, median of
+--rounds, so background load hits both sides alike; the ratios are the numbers to read. Both
+sides' greedy tokens are compared once per batch (``same_tokens``). transformers runs with its
+defaults (SDPA attention, its default experts implementation, DynamicCache).
+
+Then the OpenAI server (uvicorn on 127.0.0.1) is loaded by 1, 4 and 16 concurrent clients, each
+sending --requests completions (the clients are threads of this process); reported: completion
+tokens per wall second and per CPU second of the process (server, engine and clients; the one
+to read on a shared machine), and the mean number of requests decoded per engine step.
 
 Usage:
-    python -P benchmarks/infer_generate.py              # CPU, a small OLMoE-shaped model
-    python -P benchmarks/infer_generate.py --device cuda --preset olmoe-1b-7b --dtype bfloat16
-Writes benchmarks/results/infer_generate_<preset>_<device>.json.
+    python -P benchmarks/infer_generate.py      # CPU: tiny-dots and tiny-olmoe, batch 1 and 8
+    python -P benchmarks/infer_generate.py --device cuda --presets olmoe-1b-7b --dtype bfloat16
+Writes benchmarks/results/infer_generate_<device>.json (or --out). The file is named
+infer_generate.py, not generate.py, to sit with the other per-stage benchmark names.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import platform
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +40,7 @@ from pathlib import Path
 import torch
 
 from moelab.checkpoint.hf import save_pretrained
+from moelab.common.device import device_name
 from moelab.infer.chat import builtin_template
 from moelab.infer.config import ServeConfig, ServeLimits
 from moelab.infer.engine import Engine
@@ -57,66 +64,97 @@ def small_config(preset: str) -> ModelConfig:
     return cfg
 
 
-def sync(device: str) -> None:
+def clock(device: str) -> float:
+    """CPU seconds of this process on CPU (other jobs on a shared machine do not count; torch
+    runs --threads threads), wall seconds on CUDA (after a synchronize)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 def time_moelab(model, prompts: torch.Tensor, new: int, device: str) -> float:
     """Seconds to generate ``new`` tokens for every prompt (prefill included)."""
     engine = Engine(model, max_batch=prompts.shape[0], max_len=prompts.shape[1] + new + 1)
     requests = [engine.submit(row, SamplingParams(max_new_tokens=new)) for row in prompts.tolist()]
-    sync(device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     while engine.has_work:
         engine.step()
-    sync(device)
+    t1 = clock(device)
     if any(len(r.output) != new for r in requests):
         raise RuntimeError("moelab stopped early")
-    return time.perf_counter() - t0
+    return t1 - t0
 
 
 def time_hf(hf, prompts: torch.Tensor, new: int, device: str) -> float:
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.inference_mode():
-        sync(device)
-        t0 = time.perf_counter()
-        out = hf.generate(prompts, max_new_tokens=new, min_new_tokens=new, **kw)
-        sync(device)
+        t0 = clock(device)
+        out = hf.generate(prompts, max_new_tokens=new, **kw)
+        t1 = clock(device)
     if out.shape[1] != prompts.shape[1] + new:
         raise RuntimeError("transformers stopped early")
-    return time.perf_counter() - t0
+    return t1 - t0
 
 
-def prefill_decode(fn, impl, prompts, args) -> tuple[float, float]:
-    """(prefill s, decode s): best-of-N time for 1 new token, and best-of-N for N minus that."""
-    first = min(fn(impl, prompts, 1, args.device) for _ in range(args.repeats))
-    total = min(fn(impl, prompts, args.new, args.device) for _ in range(args.repeats))
-    return first, total - first
+def same_tokens(model, hf, prompts: torch.Tensor, new: int) -> bool:
+    """Whether both sides' greedy continuations agree token for token."""
+    engine = Engine(model, max_batch=prompts.shape[0], max_len=prompts.shape[1] + new + 1)
+    ours = [r.output for r in engine.generate(prompts.tolist(), SamplingParams(max_new_tokens=new))]
+    with torch.inference_mode():
+        out = hf.generate(
+            prompts, max_new_tokens=new, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+    return ours == out[:, prompts.shape[1] :].tolist()
+
+
+def time_round_robin(fns: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of each fn over ``rounds`` interleaved rounds (after one warm-up call each).
+
+    Interleaving keeps the ratios honest on a shared machine: a slow moment hits every
+    contender of that round, not just one.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(fn())
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_engine(model, hf, args) -> list[dict]:
+    """Per batch size: prefill = time to 1 new token; decode = (time to N) - (time to 1)."""
     rows = []
     for batch in args.batches:
         gen = torch.Generator().manual_seed(batch)
         prompts = torch.randint(2, model.config.vocab_size, (batch, args.prompt_len), generator=gen)
         prompts = prompts.to(args.device)
-        time_moelab(model, prompts, 4, args.device)  # warm-up
-        time_hf(hf, prompts, 4, args.device)
+        fns = {}
         for name, fn, impl in (("moelab", time_moelab, model), ("transformers", time_hf, hf)):
-            prefill, decode = prefill_decode(fn, impl, prompts, args)
+            fns[(name, 1)] = lambda fn=fn, impl=impl, prompts=prompts: fn(
+                impl, prompts, 1, args.device
+            )
+            fns[(name, args.new)] = lambda fn=fn, impl=impl, prompts=prompts: fn(
+                impl, prompts, args.new, args.device
+            )
+        seconds = time_round_robin(fns, args.rounds)
+        agree = same_tokens(model, hf, prompts, args.new)
+        for name in ("moelab", "transformers"):
+            first, total = seconds[(name, 1)], seconds[(name, args.new)]
             rows.append(
                 {
                     "impl": name,
                     "batch": batch,
-                    "prefill_tok_s": batch * args.prompt_len / prefill,
-                    "decode_tok_s": batch * (args.new - 1) / decode,
+                    "prefill_tok_s": batch * args.prompt_len / first,
+                    "decode_tok_s": batch * (args.new - 1) / (total - first),
+                    "same_tokens": agree,
                 }
             )
     return rows
 
 
-def bench_server(model, tokenizer, args) -> list[dict]:
+def bench_server(model, tokenizer, family: str, args) -> list[dict]:
     import httpx
     import uvicorn
 
@@ -125,7 +163,7 @@ def bench_server(model, tokenizer, args) -> list[dict]:
     limits = ServeLimits(max_tokens=args.new, max_prompt_tokens=256)
     cfg = ServeConfig(limits=limits, max_batch=16)
     engine = Engine(model, max_batch=16, max_len=256 + args.new)
-    app = create_app(TextGenerator(engine, tokenizer, builtin_template("olmoe")), cfg, "bench")
+    app = create_app(TextGenerator(engine, tokenizer, builtin_template(family)), cfg, "bench")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -162,10 +200,10 @@ def _load(url: str, clients: int, args, httpx) -> dict:
                 tokens += r.json()["usage"]["completion_tokens"]
         return tokens
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         tokens = sum(pool.map(worker, range(clients)))
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     after = httpx.get(url + "/health").json()
     return {
         "clients": clients,
@@ -173,6 +211,8 @@ def _load(url: str, clients: int, args, httpx) -> dict:
         "completion_tokens": tokens,
         "seconds": seconds,
         "tok_s": tokens / seconds,
+        "cpu_seconds": cpu_seconds,
+        "tok_per_cpu_s": tokens / cpu_seconds,
         "steps": after["steps"] - before["steps"],
         "tokens_per_step": (after["tokens"] - before["tokens"])
         / max(1, after["steps"] - before["steps"]),
@@ -189,30 +229,8 @@ def tiny_tokenizer(vocab: int):
     return train_bpe(texts, vocab_size=min(vocab, 600))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--requests", type=int, default=4, help="per client, server part")
-    ap.add_argument("--no-server", action="store_true")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1 avoids OpenMP contention on a shared CPU)",
-    )
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    import transformers
-
-    cfg = small_config(args.preset)
+def bench_preset(preset: str, args, transformers) -> dict:
+    cfg = small_config(preset)
     model = build_model(cfg, device=args.device, dtype=DTYPES[args.dtype], seed=0).eval()
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, Path(tmp) / "hf")
@@ -221,57 +239,83 @@ def main() -> None:
         )
     hf = hf.to(args.device).eval()
     engine_rows = bench_engine(model, hf, args)
-    print(
-        f"\n{args.preset} ({cfg.num_params() / 1e6:.1f}M params, {args.dtype}) on {args.device}, "
-        f"prompt {args.prompt_len}, {args.new} new tokens, greedy, best of {args.repeats}"
-    )
-    print(f"{'impl':<14}{'batch':>6}{'prefill tok/s':>16}{'decode tok/s':>15}{'decode vs HF':>14}")
-    hf_decode = {r["batch"]: r["decode_tok_s"] for r in engine_rows if r["impl"] == "transformers"}
-    hf_prefill = {
-        r["batch"]: r["prefill_tok_s"] for r in engine_rows if r["impl"] == "transformers"
-    }
+    ref = {r["batch"]: r for r in engine_rows if r["impl"] == "transformers"}
     for r in engine_rows:
-        r["decode_vs_hf"] = r["decode_tok_s"] / hf_decode[r["batch"]]
-        r["prefill_vs_hf"] = r["prefill_tok_s"] / hf_prefill[r["batch"]]
+        r["prefill_vs_hf"] = r["prefill_tok_s"] / ref[r["batch"]]["prefill_tok_s"]
+        r["decode_vs_hf"] = r["decode_tok_s"] / ref[r["batch"]]["decode_tok_s"]
+    print(
+        f"\n{preset} ({cfg.num_params() / 1e6:.1f}M params, {args.dtype}) on {args.device}, "
+        f"prompt {args.prompt_len}, {args.new} new tokens, greedy, median of {args.rounds} rounds"
+    )
+    print(
+        f"{'impl':<14}{'batch':>6}{'prefill tok/s':>15}{'vs HF':>8}{'decode tok/s':>14}{'vs HF':>8}"
+    )
+    for r in engine_rows:
         print(
-            f"{r['impl']:<14}{r['batch']:>6}{r['prefill_tok_s']:>16.0f}{r['decode_tok_s']:>15.1f}{r['decode_vs_hf']:>13.2f}x"
+            f"{r['impl']:<14}{r['batch']:>6}{r['prefill_tok_s']:>15.0f}{r['prefill_vs_hf']:>7.2f}x"
+            f"{r['decode_tok_s']:>14.1f}{r['decode_vs_hf']:>7.2f}x"
         )
     server_rows = []
     if not args.no_server:
-        model = model.cpu() if args.device == "cpu" else model
-        server_rows = bench_server(model, tiny_tokenizer(cfg.vocab_size), args)
-        print(f"\nserver: {args.requests} requests per client, max_tokens {args.new}, greedy")
-        print(f"{'clients':>8}{'requests':>10}{'tok/s':>10}{'tokens/step':>13}")
+        server_rows = bench_server(model, tiny_tokenizer(cfg.vocab_size), cfg.family, args)
+        print(f"server: {args.requests} requests per client, max_tokens {args.new}, greedy")
+        print(f"{'clients':>8}{'requests':>10}{'tok/s':>10}{'tok/cpu-s':>11}{'tokens/step':>13}")
         for r in server_rows:
             print(
-                f"{r['clients']:>8}{r['requests']:>10}{r['tok_s']:>10.1f}{r['tokens_per_step']:>13.2f}"
+                f"{r['clients']:>8}{r['requests']:>10}{r['tok_s']:>10.1f}"
+                f"{r['tok_per_cpu_s']:>11.1f}{r['tokens_per_step']:>13.2f}"
             )
-    device_name = (
-        torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else platform.processor() or platform.machine()
+    return {
+        "preset": preset,
+        "params": cfg.num_params(),
+        "engine": engine_rows,
+        "server": server_rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--presets", nargs="+", default=["tiny-dots", "tiny-olmoe"])
+    ap.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--requests", type=int, default=4, help="per client, server part")
+    ap.add_argument("--no-server", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 avoids OpenMP contention on a shared CPU)",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    results = [bench_preset(p, args, transformers) for p in args.presets]
+    moelab_rows = [r for res in results for r in res["engine"] if r["impl"] == "moelab"]
     result = {
+        "command": "python -P benchmarks/infer_generate.py " + " ".join(sys.argv[1:]),
         "device": args.device,
-        "device_name": device_name,
+        "device_name": device_name(args.device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "preset": args.preset,
         "dtype": args.dtype,
         "prompt_len": args.prompt_len,
         "new_tokens": args.new,
-        "engine": engine_rows,
-        "server": server_rows,
-        "decode_vs_hf_min": min(r["decode_vs_hf"] for r in engine_rows if r["impl"] == "moelab"),
-        "median_decode_vs_hf": statistics.median(
-            r["decode_vs_hf"] for r in engine_rows if r["impl"] == "moelab"
-        ),
+        "rounds": args.rounds,
+        "presets": results,
+        "decode_vs_hf_min": min(r["decode_vs_hf"] for r in moelab_rows),
+        "prefill_vs_hf_min": min(r["prefill_vs_hf"] for r in moelab_rows),
     }
-    out = (
-        Path(__file__).parent
-        / "results"
-        / f"infer_generate_{args.preset}_{args.device.split(':')[0]}.json"
+    out = args.out or (
+        Path(__file__).parent / "results" / f"infer_generate_{args.device.split(':')[0]}.json"
     )
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")

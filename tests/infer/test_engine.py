@@ -148,3 +148,33 @@ def test_bf16_model_gets_a_bf16_cache_and_decodes(tiny_models):
         ref = model(full).logits[0, len(b.prompt) - 1 :].float().argmax(-1).tolist()
     agree = sum(x == y for x, y in zip(ref, b.output, strict=True))
     assert agree >= 4  # bf16 rounding may flip a near tie, not the whole sequence
+
+
+def test_penalised_greedy_and_logprobs_match_a_manual_loop(tiny_models):
+    """Greedy under OpenAI penalties equals argmax(full-forward logits - penalties), token by
+    token; each token's reported logprob is the raw log-softmax at its position."""
+    model = tiny_models["olmoe"]
+    prompt = random_prompts([5], seed=11)[0]
+    params = SamplingParams(
+        max_new_tokens=8, frequency_penalty=1.5, presence_penalty=0.5, logprobs=3
+    )
+    (req,) = Engine(model, max_batch=2, max_len=32).generate([prompt], params)
+    ctx, out = list(prompt), []
+    for _ in range(8):
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx])).logits[0, -1]
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=logits.shape[0])
+        penalised = logits - 1.5 * counts - 0.5 * (counts > 0).float()
+        token = int(penalised.argmax())
+        lp = req.logprobs[len(out)]
+        raw = logits.log_softmax(-1)
+        assert lp.token == token
+        assert lp.logprob == pytest.approx(float(raw[token]), abs=1e-4)
+        assert [t for t, _ in lp.top] == raw.topk(3).indices.tolist()
+        out.append(token)
+        ctx.append(token)
+    assert req.output == out
+    plain = Engine(model, max_batch=1, max_len=32).generate(
+        [prompt], SamplingParams(max_new_tokens=8)
+    )
+    assert plain[0].output != out and plain[0].logprobs == []  # the penalties changed something

@@ -46,3 +46,21 @@ def test_generate_without_tokenizer_says_where_it_looked(tmp_path, text_models, 
     save_checkpoint(tmp_path / "run", step=1, tokens=0, model=text_models["dots1"])
     assert main(["generate", str(tmp_path / "run"), "--prompt", "x"]) == 2
     assert "no tokenizer.json in" in capsys.readouterr().err
+
+
+def test_generate_penalties_and_a_cache_sized_to_the_request(model_dirs, capsys, monkeypatch):
+    """--frequency/--presence-penalty reach the sampler; the KV cache holds the prompt's bytes
+    + template room + the new tokens, not the model's whole context."""
+    import moelab.infer.loading as loading
+
+    path = model_dirs["hf"]
+    gen = load_generator(path)
+    params = SamplingParams(max_new_tokens=6, frequency_penalty=2.0, presence_penalty=1.0)
+    (expected,) = gen.complete([gen.prompt_ids("the router")], params)
+    built = []
+    original = loading.Engine
+    monkeypatch.setattr(loading, "Engine", lambda *a, **kw: built.append(kw) or original(*a, **kw))
+    args = ["generate", str(path), "--prompt", "the router", "--max-new-tokens", "6"]
+    assert main([*args, "--frequency-penalty", "2", "--presence-penalty", "1"]) == 0
+    assert capsys.readouterr().out == "the router" + expected.text + "\n"
+    assert built[0]["max_len"] == len(b"the router") + 256 + 6

@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
@@ -238,7 +239,9 @@ def test_streamed_choices_and_a_client_that_hangs_up(served):
         assert "".join(c["text"] for c in mine) == ref and mine[-1]["finish_reason"] == "length"
 
 
-def test_a_client_that_hangs_up_is_cancelled(text_models, chat_tokenizer):
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
+def test_a_client_that_hangs_up_is_cancelled(text_models, chat_tokenizer, stream):
+    """Streaming or not: the abandoned request stops, its cache row is free, others are served."""
     limits = ServeLimits(max_tokens=900, max_prompt_tokens=48)
     gen = TextGenerator(
         Engine(text_models["olmoe"], max_batch=2, max_len=1000),
@@ -246,18 +249,165 @@ def test_a_client_that_hangs_up_is_cancelled(text_models, chat_tokenizer):
         builtin_template("olmoe"),
     )
     with running_server(create_app(gen, ServeConfig(limits=limits), MODEL)) as url:
-        body = {
-            "model": MODEL,
-            "prompt": "the",
-            "max_tokens": 900,
-            "temperature": 0,
-            "stream": True,
-        }
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
-            next(r.iter_lines())  # one chunk, then hang up
+        body = {"model": MODEL, "prompt": "the", "max_tokens": 900, "temperature": 0}
+        if stream:
+            with httpx.stream(
+                "POST", url + "/v1/completions", json={**body, "stream": True}, timeout=60
+            ) as r:
+                next(r.iter_lines())  # one chunk, then hang up
+        else:
+            deadline = time.monotonic() + 20
+            while httpx.get(url + "/health").json()["tokens"] == 0:
+                with pytest.raises(httpx.ReadTimeout):  # gives up while it is generating
+                    httpx.post(url + "/v1/completions", json=body, timeout=0.5)
+                assert time.monotonic() < deadline
         deadline = time.monotonic() + 20
         while httpx.get(url + "/health").json()["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
         health = httpx.get(url + "/health").json()
-    assert health["running"] == 0 and health["cancelled"] == 1, health
+        after = httpx.post(url + "/v1/completions", json={**body, "max_tokens": 3}, timeout=60)
+    assert health["running"] == 0 and health["cancelled"] >= 1, health
+    assert health["free_rows"] == health["max_batch"] == 2, health
     assert health["tokens"] < 900, health
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 3
+
+
+def _logits_at_end(gen: TextGenerator, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return gen.engine.model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+
+
+def test_completion_logprobs_and_echo(client, served):
+    ids, ref = _ref(served[1], "the router", 6)
+    out = client.completions.create(
+        model=MODEL, prompt="the router", max_tokens=6, temperature=0, logprobs=3
+    )
+    lp = out.choices[0].logprobs
+    assert out.choices[0].text == ref.text
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    first = _logits_at_end(served[1], ids)
+    assert lp.token_logprobs[0] == pytest.approx(float(first.max()), abs=1e-4)  # greedy: the best
+    assert all(1 <= len(top) <= 3 for top in lp.top_logprobs)  # keyed by text: ids may share one
+    assert all(
+        max(top.values()) == pytest.approx(v, abs=1e-6)
+        for top, v in zip(lp.top_logprobs, lp.token_logprobs, strict=True)
+    )
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    echoed = client.completions.create(
+        model=MODEL, prompt="the router", max_tokens=6, temperature=0, echo=True
+    )
+    assert echoed.choices[0].text == "the router" + ref.text
+    assert echoed.usage.completion_tokens == 6
+    body = {"model": MODEL, "prompt": "the router", "max_tokens": 6, "temperature": 0}
+    with httpx.stream(
+        "POST",
+        served[0] + "/v1/completions",
+        json={**body, "echo": True, "stream": True},
+        timeout=60,
+    ) as r:
+        chunks = [json.loads(x[6:]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "the router" + ref.text
+
+
+def test_chat_logprobs_streamed_and_not(client, served):
+    _, ref = _ref(served[1], "hello", 8, chat=True)
+    messages = [{"role": "user", "content": "hello"}]
+    kw = dict(model=MODEL, messages=messages, max_tokens=8, temperature=0, logprobs=True)
+    out = client.chat.completions.create(**kw, top_logprobs=2)
+    content = out.choices[0].logprobs.content
+    assert out.choices[0].message.content == ref.text
+    assert len(content) == out.usage.completion_tokens == len(ref.token_ids)
+    for entry in content:
+        assert len(entry.top_logprobs) == 2 and entry.logprob <= 0
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-6)
+        assert entry.bytes == list(entry.token.encode())
+    stream = client.chat.completions.create(**kw, top_logprobs=2, stream=True)
+    streamed = [
+        e
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-6)
+    bare = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert bare.choices[0].logprobs is None
+
+
+def test_penalties_and_seed_reach_the_sampler(client, served):
+    plain = client.completions.create(model=MODEL, prompt="the", max_tokens=12, temperature=0)
+    penalised = client.completions.create(
+        model=MODEL,
+        prompt="the",
+        max_tokens=12,
+        temperature=0,
+        frequency_penalty=2.0,
+        presence_penalty=2.0,
+    )
+    ids, _ = _ref(served[1], "the", 1)
+    params = SamplingParams(max_new_tokens=12, frequency_penalty=2.0, presence_penalty=2.0)
+    (ref,) = served[1].complete([ids], params)
+    assert penalised.choices[0].text == ref.text != plain.choices[0].text
+    a, b = (
+        client.completions.create(model=MODEL, prompt="the", max_tokens=8, temperature=1.0, seed=s)
+        for s in (1, 1)
+    )
+    assert a.choices[0].text == b.choices[0].text
+
+
+MORE_BAD = [
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"frequency_penalty": "x"}, "frequency_penalty"),
+    ({"logprobs": 50}, "logprobs"),
+    ({"logprobs": 2, "echo": True}, "echo"),
+    ({"echo": "yes"}, "echo"),
+    ({"seed": 1.5}, "seed"),
+]
+
+
+@pytest.mark.parametrize(("extra", "param"), MORE_BAD, ids=[p for _, p in MORE_BAD])
+def test_bad_new_fields_are_refused_and_unknown_ones_ignored(served, extra, param):
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2, **extra}
+    r = httpx.post(served[0] + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    ok = httpx.post(
+        served[0] + "/v1/completions",
+        json={**body, **dict.fromkeys(extra), "foo": {"bar": 1}},
+        timeout=30,
+    )
+    assert ok.status_code == 200, ok.text
+
+
+def test_chat_top_logprobs_needs_logprobs(served):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}
+    r = httpx.post(served[0] + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+
+
+def test_prompt_plus_max_tokens_beyond_the_cache_is_a_400(text_models, chat_tokenizer):
+    gen = TextGenerator(
+        Engine(text_models["dots1"], max_batch=2, max_len=40),
+        chat_tokenizer,
+        builtin_template("dots1"),
+    )
+    with running_server(create_app(gen, ServeConfig(limits=LIMITS), MODEL)) as url:
+        ids = gen.prompt_ids("data model " * 20)[:30]
+        body = {"model": MODEL, "prompt": ids, "temperature": 0}
+        over = httpx.post(url + "/v1/completions", json={**body, "max_tokens": 11}, timeout=30)
+        fits = httpx.post(url + "/v1/completions", json={**body, "max_tokens": 10}, timeout=30)
+        default = httpx.post(url + "/v1/completions", json=body, timeout=30)  # 16 asked by default
+        chat = httpx.post(
+            url + "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "data " * 30}],
+                "max_tokens": 32,
+            },
+            timeout=30,
+        )
+    error = over.json()["error"]
+    assert over.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert error["param"] == "max_tokens" and "41" in error["message"]
+    assert fits.status_code == 200 and fits.json()["usage"]["completion_tokens"] == 10
+    assert default.status_code == 200 and default.json()["usage"]["completion_tokens"] == 10
+    assert default.json()["choices"][0]["finish_reason"] == "length"
+    assert chat.status_code == 400 and chat.json()["error"]["code"] == "context_length_exceeded"

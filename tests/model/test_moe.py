@@ -89,3 +89,31 @@ def test_backward_reaches_every_parameter_under_bf16_autocast():
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, no_grad
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+
+
+def test_few_token_gathered_path_equals_grouped_and_runs_only_without_grad():
+    """Decode-sized inputs (fewer assignments than experts, no autograd) take the gathered path;
+    its output equals the sorted grouped path's, in fp32 and bf16, for both router families."""
+    for preset in ("tiny-dots", "tiny-olmoe"):
+        cfg = get_preset(preset)
+        cfg.num_layers = 2
+        layer = next(b.mlp for b in build_model(cfg, seed=3).layers.values() if b.is_moe)
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+            layer = layer.to(dtype)
+            x = torch.randn(3, 1, cfg.hidden_size, dtype=dtype)
+            assert not layer._gather(3 * cfg.moe.top_k)  # autograd on
+            with torch.no_grad():
+                assert layer._gather(3 * cfg.moe.top_k)
+                assert not layer._gather(cfg.moe.num_experts)
+            called = []
+            original = layer.experts.forward_gathered
+            layer.experts.forward_gathered = lambda *a, c=called, f=original: c.append(1) or f(*a)
+            with torch.no_grad():
+                fast, routing = layer(x)
+            with torch.enable_grad():
+                slow, _ = layer(x)  # autograd on: the sorted grouped path
+            assert len(called) == 1  # only the no-grad call was gathered
+            del layer.experts.forward_gathered
+            assert fast.dtype == slow.dtype == dtype
+            torch.testing.assert_close(fast, slow.detach(), atol=tol, rtol=tol)
+            assert routing.expert_ids_TK.shape == (3, cfg.moe.top_k)

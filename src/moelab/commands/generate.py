@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+_TEMPLATE_ROOM = 256
+"""Cache slots kept for what the chat template adds around a prompt (and a BOS)."""
+
 
 def _run(args: argparse.Namespace) -> int:
     from moelab.infer.loading import load_generator
@@ -23,14 +26,20 @@ def _run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
+            presence_penalty=args.presence_penalty,
+            frequency_penalty=args.frequency_penalty,
             seed=args.seed,
         )
+        # A byte-level BPE token is at least one byte, so the cache row needs no more than the
+        # prompt's bytes (+ room for a chat template) + the new tokens, not the whole context.
+        longest = max(len(p.encode("utf-8")) for p in args.prompt)
         gen = load_generator(
             args.ckpt,
             tokenizer=args.tokenizer,
             device=args.device,
             dtype=args.dtype,
             max_batch=max(1, len(args.prompt)),
+            max_len=longest + _TEMPLATE_ROOM + args.max_new_tokens,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"moelab generate: {err}", file=sys.stderr)
@@ -64,6 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI's, -2..2")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI's, -2..2")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")

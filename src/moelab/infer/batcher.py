@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 
 from moelab.infer.engine import Engine, Request
-from moelab.infer.sampling import SamplingParams
+from moelab.infer.sampling import SamplingParams, TokenLogprob
 from moelab.infer.text import TextSession
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ class Update:
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """The logprobs of the tokens this update covers (when the request asked for them)."""
+    offsets: list[int] = field(default_factory=list)
+    """Their text offsets in the completion, one per entry of ``logprobs``."""
 
 
 @dataclass(eq=False)
@@ -149,6 +153,9 @@ class BatchingLoop:
                 finish_reason=request.finish_reason,
                 completion_tokens=len(request.output),
             )
+            if event.logprob is not None:
+                update.logprobs = [event.logprob]
+                update.offsets = handle.session.offsets[-1:]
             if request.done:
                 del self._handles[request.id]
             handle.post(update)

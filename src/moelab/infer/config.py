@@ -27,8 +27,12 @@ class ServeLimits(Config):
     """Most prompts in one /v1/completions request (a list prompt)."""
     max_body_bytes: int = 1_000_000
     """Largest request body; larger ones get a 413 before being parsed."""
+    max_logprobs: int = 20
+    """Most top tokens a request may ask logprobs for (OpenAI's chat limit)."""
 
     def validate(self, path: str) -> None:
+        if self.max_logprobs < 0:
+            raise ConfigError(f"{path}.max_logprobs", f"must be >= 0, got {self.max_logprobs}")
         for name in ("max_tokens", "max_prompt_tokens", "max_n", "max_prompts", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")

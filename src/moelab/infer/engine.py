@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from moelab.infer.kv_cache import KVCache
-from moelab.infer.sampling import SamplingParams, sample_next
+from moelab.infer.sampling import SamplingParams, TokenLogprob, sample_batch, token_logprobs
 from moelab.model.transformer import MoETransformer
 
 StopFn = Callable[[list[int]], bool]
@@ -47,6 +47,8 @@ class Request:
     """None while running; then "stop" (stop token or callback), "length" or "cancelled"."""
     row: int = -1
     generator: torch.Generator | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """One per output token when ``params.logprobs`` is set."""
 
     @property
     def done(self) -> bool:
@@ -64,6 +66,7 @@ class TokenEvent:
 
     request: Request
     token: int
+    logprob: TokenLogprob | None = None
 
 
 class Engine:
@@ -152,40 +155,61 @@ class Engine:
             ids[b, : lengths[b]] = torch.tensor(r.prompt)
         positions = torch.arange(T).expand(len(requests), T)
         self.cache.bind([r.row for r in requests], end=T)
-        logits_BTV = self.model(
-            ids.to(self.device), positions=positions.to(self.device), kv_cache=self.cache
-        ).logits
         last = torch.tensor(lengths, device=self.device) - 1
-        logits_BV = logits_BTV[torch.arange(len(requests), device=self.device), last]
+        logits_BV = self.model(
+            ids.to(self.device),
+            positions=positions.to(self.device),
+            kv_cache=self.cache,
+            logits_at=last,
+        ).logits[:, 0]
         return self._sample(requests, logits_BV)
 
     def _decode(self, requests: list[Request]) -> list[TokenEvent]:
         requests = sorted(requests, key=lambda r: r.row)  # contiguous rows bind as a view
+        positions = [r.next_position for r in requests]
         ids = torch.tensor([[r.output[-1]] for r in requests], device=self.device)
-        pos = torch.tensor([[r.next_position] for r in requests], device=self.device)
-        self.cache.bind([r.row for r in requests], end=int(pos.max()) + 1)
+        pos = torch.tensor(positions, device=self.device)[:, None]
+        self.cache.bind([r.row for r in requests], end=max(positions) + 1)
         logits_BV = self.model(ids, positions=pos, kv_cache=self.cache).logits[:, -1]
         return self._sample(requests, logits_BV)
 
     def _sample(self, requests: list[Request], logits_BV: torch.Tensor) -> list[TokenEvent]:
-        if all(r.params.greedy and r.params.repetition_penalty == 1.0 for r in requests):
+        if all(r.params.plain_argmax for r in requests):
             tokens = logits_BV.argmax(-1).tolist()  # one device sync for the whole batch
         else:
-            tokens = [self._sample_row(r, row) for r, row in zip(requests, logits_BV, strict=True)]
+            tokens = sample_batch(
+                logits_BV,
+                [r.params for r in requests],
+                [r.generator for r in requests],
+                [r.prompt + r.output for r in requests],
+                [r.output for r in requests],
+            )
+        logprobs = self._logprobs(requests, logits_BV, tokens)
         events = []
-        for request, token in zip(requests, tokens, strict=True):
+        for request, token, logprob in zip(requests, tokens, logprobs, strict=True):
             request.output.append(token)
-            events.append(TokenEvent(request, token))
+            if logprob is not None:
+                request.logprobs.append(logprob)
+            events.append(TokenEvent(request, token, logprob))
             reason = self._finish_reason(request, token)
             if reason is not None:
                 self._finish(request, reason)
         return events
 
-    def _sample_row(self, request: Request, logits_V: torch.Tensor) -> int:
-        seen = None
-        if request.params.repetition_penalty != 1.0:
-            seen = torch.tensor(request.prompt + request.output, device=logits_V.device)
-        return sample_next(logits_V, request.params, request.generator, seen)
+    @staticmethod
+    def _logprobs(
+        requests: list[Request], logits_BV: torch.Tensor, tokens: list[int]
+    ) -> list[TokenLogprob | None]:
+        """Logprobs for the rows that asked (one batched log-softmax), None for the others."""
+        want = [b for b, r in enumerate(requests) if r.params.logprobs is not None]
+        out: list[TokenLogprob | None] = [None] * len(requests)
+        if want:
+            rows = logits_BV[torch.tensor(want, device=logits_BV.device)]
+            top_n = [requests[b].params.logprobs or 0 for b in want]
+            found = token_logprobs(rows, [tokens[b] for b in want], top_n)
+            for b, lp in zip(want, found, strict=True):
+                out[b] = lp
+        return out
 
     def _finish_reason(self, request: Request, token: int) -> str | None:
         if token in request.params.stop_token_ids:

@@ -72,14 +72,18 @@ class KVCache:
     def bind(self, rows: list[int] | None, end: int = 0) -> None:
         """Route the next forward's batch rows to these cache rows (None: rows 0..B-1).
 
-        ``end`` is one past the highest position any bound row will read in that forward
-        (its last token's position + 1); keys are returned up to there.
+        ``end`` is one past the highest position any bound row writes or reads in that forward
+        (its last token's position + 1); keys are returned up to there. A bound forward trusts
+        its caller for positions (checking them in ``update`` would read them back from the
+        device once per layer): they must lie in 0..end-1.
         """
         if rows is None:
             self._rows = None
             return
         if any(not 0 <= r < self.num_rows for r in rows):
             raise ValueError(f"cache rows {rows} out of range 0..{self.num_rows - 1}")
+        if not 0 < end <= self.max_len:
+            raise ValueError(f"end {end} does not fit a KV cache of {self.max_len} slots")
         start = rows[0] if rows else 0
         if rows == list(range(start, start + len(rows))):
             self._rows = slice(start, start + len(rows))  # a view: no copies
@@ -91,16 +95,16 @@ class KVCache:
         self, layer: int, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, positions_BT: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         B, K, T, d = k_BKTd.shape
-        top = int(positions_BT.max()) + 1
-        if top > self.max_len or int(positions_BT.min()) < 0:
-            raise ValueError(
-                f"positions up to {top - 1} do not fit a KV cache of {self.max_len} slots"
-            )
         if self._rows is None:
+            top = int(positions_BT.max()) + 1
+            if top > self.max_len or int(positions_BT.min()) < 0:
+                raise ValueError(
+                    f"positions up to {top - 1} do not fit a KV cache of {self.max_len} slots"
+                )
             rows: torch.Tensor | slice = slice(0, B)
             self.end = end = max(self.end, top)
         else:
-            rows, end = self._rows, max(self._bound_end, top)
+            rows, end = self._rows, self._bound_end
         k_cache, v_cache = self.k_LBKSd[layer], self.v_LBKSd[layer]
         if isinstance(rows, slice):
             k_rows, v_rows = k_cache[rows], v_cache[rows]

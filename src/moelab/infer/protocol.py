@@ -2,9 +2,13 @@
 
 Bodies are checked by hand rather than by pydantic so every refusal carries the OpenAI error
 shape (``{"error": {"message", "type", "param", "code"}}``) and names the offending field.
-Fields the API defines but moelab ignores (``logprobs``, ``user``, ``presence_penalty``...) are
-accepted and ignored, as other servers do. ``top_k`` and ``repetition_penalty`` are accepted
-as vLLM does.
+Implemented OpenAI fields: ``max_tokens``/``max_completion_tokens``, ``n``, ``temperature``,
+``top_p``, ``seed``, ``stop``, ``stream``/``stream_options.include_usage``,
+``presence_penalty``/``frequency_penalty``, ``logprobs`` (completions: an integer, top-N;
+chat: a boolean with ``top_logprobs``) and ``echo`` (completions). ``echo`` together with
+``logprobs`` (prompt logprobs) is refused with a 400. ``top_k`` and ``repetition_penalty`` are
+accepted as vLLM does. Fields nobody reads (``user``, ``logit_bias``...) are ignored, as
+other OpenAI-compatible servers do.
 
 What this module does not know: the model, the tokenizer or the network.
 """
@@ -61,6 +65,10 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
+    max_tokens_given: bool = True
+    """False when the body had no max_tokens: the server may shorten it to fit the context."""
+    echo: bool = False
+    """Completions: the prompt text comes back before the completion."""
     prompts: list[str | list[int]] = field(default_factory=list)
     """Completions: text prompts or token-id prompts."""
     messages: list[dict[str, str]] | None = None
@@ -95,7 +103,9 @@ def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
-def _sampling(body: dict, limits: ServeLimits, default_max_tokens: int) -> list[SamplingParams]:
+def _sampling(
+    body: dict, limits: ServeLimits, default_max_tokens: int, logprobs: int | None
+) -> list[SamplingParams]:
     max_tokens = _get(body, "max_tokens", int, None, "an integer")
     max_tokens = _get(body, "max_completion_tokens", int, max_tokens, "an integer")
     max_tokens = default_max_tokens if max_tokens is None else max_tokens
@@ -107,7 +117,14 @@ def _sampling(body: dict, limits: ServeLimits, default_max_tokens: int) -> list[
     if not 1 <= n <= limits.max_n:
         raise APIError(400, f"'n' must be between 1 and {limits.max_n}", param="n")
     seed = _get(body, "seed", int, None, "an integer")
+    penalties = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        penalties[name] = float(_get(body, name, (int, float), 0.0, "a number"))
+        if not -2 <= penalties[name] <= 2:
+            raise APIError(400, f"'{name}' must be between -2 and 2", param=name)
     kwargs = dict(
+        **penalties,
+        logprobs=logprobs,
         max_new_tokens=max_tokens,
         temperature=float(_get(body, "temperature", (int, float), 1.0, "a number")),
         top_p=float(_get(body, "top_p", (int, float), 1.0, "a number")),
@@ -133,7 +150,32 @@ def _stop(body: dict) -> list[str]:
     return [s for s in stop if s]
 
 
-def _common(body: dict, limits: ServeLimits, default_max_tokens: int) -> GenerationRequest:
+def _completion_logprobs(body: dict, limits: ServeLimits) -> int | None:
+    """Completions: ``logprobs`` is null or how many top tokens to list per position."""
+    n = _get(body, "logprobs", int, None, "an integer or null")
+    if n is not None and not 0 <= n <= limits.max_logprobs:
+        raise APIError(
+            400, f"'logprobs' must be between 0 and {limits.max_logprobs}", param="logprobs"
+        )
+    return n
+
+
+def _chat_logprobs(body: dict, limits: ServeLimits) -> int | None:
+    """Chat: ``logprobs: true`` turns them on, ``top_logprobs`` says how many top tokens."""
+    on = _get(body, "logprobs", bool, False, "a boolean")
+    top = _get(body, "top_logprobs", int, None, "an integer")
+    if top is not None and not 0 <= top <= limits.max_logprobs:
+        raise APIError(
+            400, f"'top_logprobs' must be between 0 and {limits.max_logprobs}", "top_logprobs"
+        )
+    if top is not None and not on:
+        raise APIError(400, "'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
+    return (top or 0) if on else None
+
+
+def _common(
+    body: dict, limits: ServeLimits, default_max_tokens: int, logprobs: int | None
+) -> GenerationRequest:
     model = body.get("model")
     if model is None:
         raise APIError(400, "missing required field 'model'", param="model")
@@ -143,10 +185,13 @@ def _common(body: dict, limits: ServeLimits, default_max_tokens: int) -> Generat
     options = _get(body, "stream_options", dict, {}, "an object")
     return GenerationRequest(
         model=model,
-        params=_sampling(body, limits, default_max_tokens),
+        params=_sampling(body, limits, default_max_tokens, logprobs),
         stop=_stop(body),
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
+        max_tokens_given=any(
+            body.get(k) is not None for k in ("max_tokens", "max_completion_tokens")
+        ),
     )
 
 
@@ -175,7 +220,16 @@ def _prompts(value: Any, limits: ServeLimits) -> list[str | list[int]]:
 def parse_completion(body: dict, limits: ServeLimits, default_max_tokens: int) -> GenerationRequest:
     if "prompt" not in body:
         raise APIError(400, "missing required field 'prompt'", param="prompt")
-    request = _common(body, limits, default_max_tokens)
+    logprobs = _completion_logprobs(body, limits)
+    request = _common(body, limits, default_max_tokens, logprobs)
+    request.echo = _get(body, "echo", bool, False, "a boolean")
+    if request.echo and logprobs is not None:
+        raise APIError(
+            400,
+            "'echo' with 'logprobs' (logprobs of the prompt tokens) is not supported; "
+            "drop one of them",
+            param="echo",
+        )
     request.prompts = _prompts(body["prompt"], limits)
     if len(request.prompts) * len(request.params) > limits.max_prompts * limits.max_n:
         raise APIError(400, "too many prompts × n in one request", param="n")
@@ -185,7 +239,7 @@ def parse_completion(body: dict, limits: ServeLimits, default_max_tokens: int) -
 def parse_chat(body: dict, limits: ServeLimits, default_max_tokens: int) -> GenerationRequest:
     if "messages" not in body:
         raise APIError(400, "missing required field 'messages'", param="messages")
-    request = _common(body, limits, default_max_tokens)
+    request = _common(body, limits, default_max_tokens, _chat_logprobs(body, limits))
     messages = body["messages"]
     if isinstance(messages, list):  # content given as a list of text parts
         messages = [_flatten_content(m) for m in messages]

@@ -4,9 +4,11 @@ Every generation goes through one ``BatchingLoop``, so concurrent clients are de
 in the same engine steps. ``stream: true`` answers with server-sent events ending in
 ``data: [DONE]``; ``stream_options.include_usage`` adds a final usage chunk. Each request is
 checked before anything is queued: body size (413), JSON, field types and ranges, prompt
-length against ``limits.max_prompt_tokens`` and the KV cache (400), the model name (404), the
-API key (401). Errors use the OpenAI body shape, and one bad request never affects another.
-A client that disconnects mid-stream has its request cancelled (its cache row is freed).
+length against ``limits.max_prompt_tokens``, prompt + max_tokens against the KV cache (400;
+a request that gave no max_tokens is shortened to fit instead), the model name (404), the API
+key (401). Errors use the OpenAI body shape, and one bad request never affects another.
+A client that disconnects, streaming or not, has its requests cancelled at once (their cache
+rows are freed for the others).
 
 What this module does not know: how tokens are sampled or how the model is built.
 """
@@ -14,6 +16,7 @@ What this module does not know: how tokens are sampled or how the model is built
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -31,11 +34,12 @@ from moelab.infer.protocol import (
     parse_completion,
     parse_json,
 )
+from moelab.infer.sampling import SamplingParams, TokenLogprob
 from moelab.infer.text import TextGenerator
 
 try:
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
 except ImportError as _err:  # pragma: no cover - depends on the environment
     raise ImportError("moelab serve needs FastAPI: pip install 'moelab[serve]'") from _err
 
@@ -106,7 +110,29 @@ class Server:
             prompts = [p if isinstance(p, list) else self.gen.prompt_ids(p) for p in req.prompts]
         for ids in prompts:
             self.check_prompt(ids)
+            if req.max_tokens_given:
+                self.check_room(ids, req.params[0].max_new_tokens)
         return prompts
+
+    def check_room(self, ids: list[int], max_tokens: int) -> None:
+        """Prompt + max_tokens must fit the KV cache row, or nothing is generated."""
+        context = self.gen.engine.max_len
+        if len(ids) + max_tokens > context:
+            raise APIError(
+                400,
+                f"this server's context is {context} tokens; the prompt has {len(ids)} and "
+                f"max_tokens asks for {max_tokens} more ({len(ids) + max_tokens} in all). "
+                "Shorten the prompt or lower max_tokens.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+
+    def fit(self, params: SamplingParams, ids: list[int], given: bool) -> SamplingParams:
+        """A default max_tokens is cut to what the cache row holds after the prompt."""
+        room = self.gen.engine.max_len - len(ids)
+        if given or params.max_new_tokens <= room:
+            return params
+        return dataclasses.replace(params, max_new_tokens=room)
 
     def submit(self, req: GenerationRequest, prompts: list[list[int]]) -> list[Handle]:
         """One handle per (prompt, choice), in OpenAI's choice order."""
@@ -114,21 +140,70 @@ class Server:
         handles = []
         for ids in prompts:
             for params in req.params:
-                params = self.gen.params(params, chat)
+                params = self.gen.params(self.fit(params, ids, req.max_tokens_given), chat)
                 session = self.gen.session(params, req.stop)
                 handles.append(self.loop.submit(ids, params, session))
         return handles
 
+    def echoes(self, req: GenerationRequest, prompts: list[list[int]]) -> list[str]:
+        """Per prompt, the text ``echo`` puts before the completion ("" without echo)."""
+        if not req.echo:
+            return [""] * len(prompts)
+        return [
+            p if isinstance(p, str) else self.gen.tokenizer.decode(ids)
+            for p, ids in zip(req.prompts, prompts, strict=True)
+        ]
+
+    def logprobs_body(self, chat: bool, lps: list[TokenLogprob], offsets: list[int], base: int):
+        """OpenAI's logprobs object: chat's ``content`` list, or completions' four lists."""
+        text = self.gen.token_text
+        if chat:
+            return {
+                "content": [
+                    {
+                        **_entry(text(lp.token), lp.logprob),
+                        "top_logprobs": [_entry(text(t), v) for t, v in lp.top],
+                    }
+                    for lp in lps
+                ]
+            }
+        return {
+            "tokens": [text(lp.token) for lp in lps],
+            "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [_top_dict(text, lp.top) for lp in lps],
+            "text_offset": [base + o for o in offsets],
+        }
+
+
+def _top_dict(text, top: list[tuple[int, float]]) -> dict[str, float]:
+    """Completions key top tokens by text; two ids with one text keep the likelier."""
+    out: dict[str, float] = {}
+    for token, logprob in top:
+        out.setdefault(text(token), logprob)
+    return out
+
+
+def _entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
 
 async def _collect(handle: Handle) -> Update:
-    """Wait for a handle's last update; its text is all the updates' text joined."""
-    parts = []
+    """Wait for a handle's last update; it comes back holding every update's text and logprobs."""
+    parts, logprobs, offsets = [], [], []
     while True:
         update: Update = await handle.queue.get()
         parts.append(update.text)
+        logprobs += update.logprobs
+        offsets += update.offsets
         if update.done:
-            update.text = "".join(parts)
+            update.text, update.logprobs, update.offsets = "".join(parts), logprobs, offsets
             return update
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (the body was read, so only a disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _usage(prompts: list[list[int]], updates: list[Update]) -> dict[str, int]:
@@ -142,34 +217,57 @@ def _usage(prompts: list[list[int]], updates: list[Update]) -> dict[str, int]:
     }
 
 
-def _choice(chat: bool, index: int, update: Update) -> dict[str, Any]:
+def _choice(
+    server: Server, req: GenerationRequest, index: int, update: Update, echo: str
+) -> dict[str, Any]:
+    chat = req.messages is not None
+    logprobs = None
+    if req.params[0].logprobs is not None:
+        logprobs = server.logprobs_body(chat, update.logprobs, update.offsets, len(echo))
     if chat:
         message = {"role": "assistant", "content": update.text}
-        return {"index": index, "message": message, "finish_reason": update.finish_reason}
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": update.finish_reason,
+        }
     return {
         "index": index,
-        "text": update.text,
-        "logprobs": None,
+        "text": echo + update.text,
+        "logprobs": logprobs,
         "finish_reason": update.finish_reason,
     }
 
 
-async def _complete(server: Server, req: GenerationRequest, prompts, handles) -> dict[str, Any]:
+async def _complete(
+    server: Server, req: GenerationRequest, prompts, handles, request: Request
+) -> dict[str, Any] | Response:
     chat = req.messages is not None
+    collect = asyncio.ensure_future(asyncio.gather(*(_collect(h) for h in handles)))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        updates = await asyncio.gather(*(_collect(h) for h in handles))
+        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not collect.done():  # the client hung up: stop generating for it
+            collect.cancel()
+            return Response(status_code=499)
+        updates = collect.result()
     finally:
+        gone.cancel()
         for h in handles:
-            server.loop.cancel(h)  # no-op for finished requests; frees rows if we were cancelled
+            server.loop.cancel(h)  # no-op for finished requests; frees rows of abandoned ones
     errors = [u.error for u in updates if u.error]
     if errors:
         raise APIError(500, errors[0], kind="server_error")
+    echoes = server.echoes(req, prompts)
     return {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": server.model_name,
-        "choices": [_choice(chat, i, u) for i, u in enumerate(updates)],
+        "choices": [
+            _choice(server, req, i, u, echoes[i // len(req.params)]) for i, u in enumerate(updates)
+        ],
         "usage": _usage(prompts, updates),
     }
 
@@ -188,14 +286,28 @@ async def _stream(server: Server, req: GenerationRequest, prompts, handles) -> A
         "model": server.model_name,
     }
 
-    def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> bytes:
+    echoes = server.echoes(req, prompts)
+    offset0 = [len(echoes[i // len(req.params)]) for i in range(len(handles))]
+    want_logprobs = req.params[0].logprobs is not None
+
+    def chunk(
+        index: int, text: str | None, finish: str | None, first: bool = False, update=None
+    ) -> bytes:
+        logprobs = None
+        if want_logprobs and update is not None and update.logprobs:
+            logprobs = server.logprobs_body(chat, update.logprobs, update.offsets, offset0[index])
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text:
                 delta["content"] = text
-            choice = {"index": index, "delta": delta, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {
+                "index": index,
+                "text": text or "",
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
         return _sse({**base, "choices": [choice]})
 
     merged: asyncio.Queue = asyncio.Queue()
@@ -205,6 +317,9 @@ async def _stream(server: Server, req: GenerationRequest, prompts, handles) -> A
         if chat:
             for i in range(len(handles)):
                 yield chunk(i, None, None, first=True)
+        elif req.echo:
+            for i in range(len(handles)):
+                yield chunk(i, echoes[i // len(req.params)], None)
         while len(finals) < len(handles):
             index, update = await merged.get()
             if update.error:
@@ -212,8 +327,8 @@ async def _stream(server: Server, req: GenerationRequest, prompts, handles) -> A
                 return
             if update.done:
                 finals[index] = update
-            if update.text:
-                yield chunk(index, update.text, None)
+            if update.text or (want_logprobs and update.logprobs):
+                yield chunk(index, update.text, None, update=update)
             if update.done:
                 yield chunk(index, None, update.finish_reason)
         if req.include_usage:
@@ -261,6 +376,8 @@ def create_app(generator: TextGenerator, config: ServeConfig, model_name: str) -
             "status": "ok",
             "running": len(engine.running),
             "waiting": len(engine.waiting),
+            "free_rows": len(engine.free_rows),
+            "max_batch": engine.max_batch,
             "steps": stats.steps,
             "tokens": stats.tokens,
             "max_running": stats.max_running,
@@ -289,7 +406,7 @@ def create_app(generator: TextGenerator, config: ServeConfig, model_name: str) -
             return StreamingResponse(
                 _stream(server, req, prompts, handles), media_type="text/event-stream"
             )
-        return await _complete(server, req, prompts, handles)
+        return await _complete(server, req, prompts, handles, request)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:

@@ -39,10 +39,13 @@ class TextSession:
         self.text = ""
         self.sent = 0
         self.stopped = False
+        self.offsets: list[int] = []
+        """Per output token: where the text stood before it (OpenAI's ``text_offset``)."""
 
     def __call__(self, output: list[int]) -> bool:
         """Engine stop callback: take the newest token; True once a stop string appeared."""
         token = output[-1]
+        self.offsets.append(len(self.text))
         if self.stopped or token in self.stop_ids:
             return self.stopped
         self.ids.append(token)
@@ -107,6 +110,10 @@ class TextGenerator:
         stop = self.chat_stop_ids if chat else self.base_stop_ids
         extra = tuple(t for t in stop if t not in params.stop_token_ids)
         return dataclasses.replace(params, stop_token_ids=(*params.stop_token_ids, *extra))
+
+    def token_text(self, token: int) -> str:
+        """One token as text, special tokens included (what a logprobs entry shows)."""
+        return self.tokenizer.decode([token], skip_special_tokens=False)
 
     def session(self, params: SamplingParams, stop: Sequence[str] = ()) -> TextSession:
         return TextSession(self.tokenizer, stop, params.stop_token_ids)

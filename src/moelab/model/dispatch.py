@@ -59,5 +59,11 @@ class LocalDispatcher:
     def combine(self, y_SD: torch.Tensor, state: DispatchState) -> torch.Tensor:
         """Weighted sum over each token's K expert outputs, in the original token order."""
         y_TKD = y_SD.index_select(0, state.inverse_S).view(state.num_tokens, state.top_k, -1)
-        weighted = y_TKD * state.weights_TK.unsqueeze(-1)
-        return weighted.sum(dim=1).to(state.out_dtype)
+        return weighted_sum(y_TKD, state.weights_TK, state.out_dtype)
+
+
+def weighted_sum(
+    y_TKD: torch.Tensor, weights_TK: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """sum_k weight_k · y_k in the wider dtype of the two, cast once (transformers' op order)."""
+    return (y_TKD * weights_TK.unsqueeze(-1)).sum(dim=1).to(out_dtype)

@@ -11,6 +11,12 @@ experts in one call on CPU and CUDA. It needs int32 cumulative offsets and 16-by
 row strides; when a shape or dtype doesn't allow it the loop runs instead, and tests check
 the two give the same result. The loop is also the reference implementation.
 
+``forward_gathered`` is the few-token path (decoding): on CPU ``grouped_mm`` visits every expert
+even when most have no token, which costs more than the arithmetic when a step has a handful
+of tokens. Copying just the selected experts' weights (``index_select``) and running one
+batched matrix-vector product per assignment costs one small copy instead. The caller decides
+when (``MoELayer``: no autograd, and only while the copy stays small).
+
 Shapes: S sorted assignments, D hidden, F expert width, E experts.
 """
 
@@ -61,6 +67,26 @@ class GroupedExperts(nn.Module):
         h_SF = (F.silu(gate) * up).contiguous()
         w_down = self.down_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, F, D)
         return _grouped_mm(h_SF, w_down, offs=offsets)
+
+    def forward_gathered(self, x_TD: torch.Tensor, expert_ids_TK: torch.Tensor) -> torch.Tensor:
+        """Each token through each of its K experts, unsorted: returns (T, K, D) expert outputs."""
+        device_type = x_TD.device.type
+        if torch.is_autocast_enabled(device_type):
+            x_TD = x_TD.to(torch.get_autocast_dtype(device_type))
+        T, K = expert_ids_TK.shape
+        flat = expert_ids_TK.reshape(-1)
+        w_up = self.gate_up_proj.index_select(0, flat)  # (S, 2F, D)
+        w_down = self.down_proj.index_select(0, flat)  # (S, D, F)
+        if w_up.dtype != x_TD.dtype:
+            w_up, w_down = w_up.to(x_TD.dtype), w_down.to(x_TD.dtype)
+        x_S1D = x_TD[:, None, None, :].expand(T, K, 1, self.dim).reshape(T * K, 1, self.dim)
+        gate, up = torch.bmm(x_S1D, w_up.transpose(1, 2)).chunk(2, dim=-1)  # (S, 1, F) each
+        y_S1D = torch.bmm(F.silu(gate) * up, w_down.transpose(1, 2))
+        return y_S1D.view(T, K, self.dim)
+
+    def gathered_numel(self, assignments: int) -> int:
+        """Weight elements ``forward_gathered`` copies for this many (token, slot) assignments."""
+        return assignments * 3 * self.hidden * self.dim
 
     def _forward_loop(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         # Outputs are concatenated, not written into a preallocated tensor: slice assignment

@@ -86,11 +86,14 @@ class MoETransformer(nn.Module):
         positions: torch.Tensor | None = None,
         kv_cache: KVCacheProtocol | None = None,
         document_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> ModelOutput:
         """input_ids (B, T); positions (B, T) default to 0..T-1 (pass them when decoding).
 
         ``document_ids`` (B, T) packs several documents per row: attention stays within each
         document (pass positions restarting at each document too). Not combined with a cache.
+        ``logits_at`` (B,) keeps one position per row: logits are (B, 1, V), and lm_head runs on
+        B rows instead of B*T (generation needs only each prompt's last position).
         """
         B, T = input_ids.shape
         if document_ids is not None and kv_cache is not None:
@@ -110,6 +113,8 @@ class MoETransformer(nn.Module):
             if routing is not None:
                 out.router.append(routing)
                 out.moe_layers.append(block.layer_idx)
+        if logits_at is not None:
+            h = h[torch.arange(B, device=h.device), logits_at][:, None]
         if self.norm is not None:
             h = self.norm(h)
         out.logits = self.lm_head(h) if self.lm_head is not None else h
