@@ -6,6 +6,12 @@ renames the directory into place, then updates ``latest``. A reader on any world
 parallel layout loads it with ``load_dcp`` (DCP reshards by tensor name), and
 ``consolidate`` turns it into the single-device checkpoint that inference, export and analysis
 read (``checkpoint/layout.py``).
+
+Expert parallelism keeps each rank's expert slice as a plain tensor. In the state dicts given
+to DCP those slices (weights and their Adam moments) become ``DTensor``s ``Shard(0)`` over the
+``ep`` mesh, so they are saved under the single-device names with their global shape (E, ...)
+and any layout can read them back; ranks that hold the same slice write it once (DCP dedups).
+Pipeline ranks hold disjoint layers, so their state dicts have disjoint names and need nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from moelab.checkpoint.hf import CheckpointError
 from moelab.checkpoint.layout import LATEST, META, MODEL_CONFIG, save_checkpoint, step_dir_name
 from moelab.model.config import ModelConfig
 from moelab.model.transformer import MoETransformer
+from moelab.parallel.expert import EP_GROUP_ATTR
 
 DCP_DIR = "dcp"
 
@@ -44,6 +51,49 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def _expert_meshes(model: torch.nn.Module) -> dict[str, Any]:
+    meshes = {}
+    for fqn, p in model.named_parameters():
+        if hasattr(p, EP_GROUP_ATTR):
+            mesh = getattr(p, EP_GROUP_ATTR)
+            if mesh is None:
+                raise CheckpointError(
+                    f"{fqn}: expert parallelism applied without an ep DeviceMesh; DCP needs one"
+                )
+            meshes[fqn] = mesh
+    return meshes
+
+
+def _wrap_experts(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """Present EP slices (and their optimizer moments) as DTensors Shard(0) over ``ep``."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    meshes = _expert_meshes(model)
+    for fqn, mesh in meshes.items():
+        local = state["model"][fqn]
+        state["model"][fqn] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
+        optim_state = state.get("optim", {}).get("state", {})
+        if fqn in optim_state:  # a new dict: the one given may be the optimizer's own
+            optim_state[fqn] = {
+                key: DTensor.from_local(value, mesh, [Shard(0)], run_check=False)
+                if isinstance(value, torch.Tensor) and value.shape == local.shape
+                else value
+                for key, value in optim_state[fqn].items()
+            }
+    return meshes
+
+
+def _unwrap_experts(state: dict[str, Any], meshes: dict[str, Any]) -> None:
+    from torch.distributed.tensor import DTensor
+
+    for fqn in meshes:
+        state["model"][fqn] = state["model"][fqn].to_local()
+        moments = state.get("optim", {}).get("state", {}).get(fqn, {})
+        for key, value in moments.items():
+            if isinstance(value, DTensor):
+                moments[key] = value.to_local()
 
 
 def save_dcp(
@@ -68,6 +118,7 @@ def save_dcp(
         state = {"model": model_sd, "optim": optim_sd}
     else:
         state = {"model": get_model_state_dict(model)}
+    _wrap_experts(model, state)
     dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
     if extra is not None:  # per-rank, small (loader position, RNG)
         torch.save(extra, tmp / f"extra_rank{_rank():05d}.pt")
@@ -127,13 +178,17 @@ def load_dcp(
     if optimizer is not None:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
+        meshes = _wrap_experts(model, state)
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        _unwrap_experts(state, meshes)
         set_state_dict(
             model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
         )
     else:
         state = {"model": get_model_state_dict(model)}
+        meshes = _wrap_experts(model, state)
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        _unwrap_experts(state, meshes)
         set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     return meta
 

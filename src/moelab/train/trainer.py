@@ -43,7 +43,7 @@ from moelab.tokens.loader import TokenLoader
 from moelab.train.balance import load_metrics, update_expert_bias
 from moelab.train.config import TrainConfig
 from moelab.train.distributed import setup as setup_distributed
-from moelab.train.distributed import shard_model
+from moelab.train.distributed import shard_model, stage_losses
 from moelab.train.metrics import MetricsLogger, detect_peak_tflops
 from moelab.train.optim import build_optimizer
 from moelab.train.schedule import global_batch_at, lr_at
@@ -66,8 +66,9 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.seed)
         self.model: MoETransformer = build_model(cfg.model, device=self.device, seed=cfg.seed)
-        shard_model(self.model, self.dist)
+        shard_model(self.model, self.dist, **stage_losses(cfg))
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.dist.adapt_optimizer(self.optimizer)
         if not cfg.data.shards:
             raise ValueError("data.shards is required: a folder made by `moelab tokens tokenize`")
         self.loader = TokenLoader(
@@ -178,6 +179,8 @@ class Trainer:
         return ce.item(), {k: v.item() for k, v in parts.items()}, counts
 
     def train_step(self) -> dict[str, Any]:
+        if self.dist.pipeline is not None:
+            return self._pipeline_train_step()
         cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
         global_batch = global_batch_at(st.tokens, cfg.batch)
@@ -199,8 +202,7 @@ class Trainer:
                 part_sums[k] = part_sums.get(k, 0.0) + v
             if c is not None:
                 counts = c if counts is None else counts + c
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+        grad_norm = self.dist.clip_grads_(self.model, cfg.optim.grad_clip or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if counts is not None:
@@ -215,6 +217,45 @@ class Trainer:
             "tokens": st.tokens,
             "loss": self.dist.mean(ce_sum / accum),
             **{k: self.dist.mean(v / accum) for k, v in part_sums.items()},
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "global_batch": global_batch,
+            "tokens_per_s": tokens / seconds,
+            "mfu": (tokens / seconds * self.flops_per_token / (self.peak_tflops * 1e12))
+            if self.peak_tflops
+            else None,
+        }
+        if counts is not None:
+            record.update(load_metrics(counts))
+        return record
+
+    def _pipeline_train_step(self) -> dict[str, Any]:
+        """Pipeline parallelism: the global batch as micro batches through the schedule."""
+        cfg, st = self.cfg, self.state
+        t0 = time.perf_counter()
+        global_batch = global_batch_at(st.tokens, cfg.batch)
+        accum = global_batch // cfg.batch.micro_batch_size
+        lr = lr_at(st.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [next(self.batches) for _ in range(accum)]
+        inputs = torch.cat([b.inputs for b in batches])
+        targets = torch.cat([b.targets for b in batches])
+        ce, parts, counts, local_counts = self.dist.pipeline.step(inputs, targets, accum)
+        grad_norm = self.dist.clip_grads_(self.model, cfg.optim.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if local_counts is not None:
+            update_expert_bias(self.model, local_counts, cfg.balance.bias_update_rate)
+        st.step += 1
+        tokens = global_batch * cfg.batch.seq_len
+        st.tokens += tokens
+        seconds = time.perf_counter() - t0
+        record = {
+            "step": st.step,
+            "tokens": st.tokens,
+            "loss": ce,
+            **parts,
             "lr": lr,
             "grad_norm": grad_norm.item(),
             "global_batch": global_batch,
