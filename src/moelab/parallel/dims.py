@@ -39,6 +39,15 @@ class ParallelDims(Config):
                 raise ConfigError(
                     f"{path}.{name}" if path else name, f"must be >= 1, got {getattr(self, name)}"
                 )
+        if self.pp > 1:
+            from torch.distributed.pipelining.schedules import get_schedule_class
+
+            try:
+                get_schedule_class(self.pp_schedule)
+            except ValueError as err:
+                raise ConfigError(
+                    f"{path}.pp_schedule" if path else "pp_schedule", str(err)
+                ) from None
         if self.dp_shard == 0 or self.dp_shard < -1:
             raise ConfigError(
                 f"{path}.dp_shard" if path else "dp_shard",

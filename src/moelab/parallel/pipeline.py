@@ -37,7 +37,7 @@ class _AttachAux(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
         ctx.aux_shape, ctx.aux_dtype = aux.shape, aux.dtype
-        return h.view_as(h)
+        return h.clone()  # not a view: zero-bubble schedules detach_() stage outputs
 
     @staticmethod
     def backward(ctx, grad_h: torch.Tensor):
