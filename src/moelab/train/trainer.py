@@ -241,7 +241,10 @@ class Trainer:
         batches = [next(self.batches) for _ in range(accum)]
         inputs = torch.cat([b.inputs for b in batches])
         targets = torch.cat([b.targets for b in batches])
-        ce, parts, counts, local_counts = self.dist.pipeline.step(inputs, targets, accum)
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
+        ):
+            ce, parts, counts, local_counts = self.dist.pipeline.step(inputs, targets, accum)
         grad_norm = self.dist.clip_grads_(self.model, cfg.optim.grad_clip or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
