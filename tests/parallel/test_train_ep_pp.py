@@ -89,15 +89,34 @@ def _without_timing(records):
     return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in records]
 
 
-@pytest.mark.parametrize("schedule", ["1F1B", "Interleaved1F1B"])
-def test_pipeline_training_matches_single_process(tmp_path, schedule):
-    over = {"model.num_layers": 4, "batch.micro_batch_size": 2}  # 4 micro batches, 4 stages
+PP_OVER = {"model.num_layers": 4, "batch.micro_batch_size": 2}
+
+
+def test_pipeline_training_matches_single_process(tmp_path):
+    """PP=2, 1F1B, 4 micro batches of 2."""
     shards = make_shards(tmp_path / "shards")
-    single = _single(tmp_path, shards, **over)
-    cfg_path, run = _dist_config(tmp_path, shards, "pp", **over)
-    _torchrun(cfg_path, "parallel.pp=2", f"parallel.pp_schedule={schedule}")
+    single = _single(tmp_path, shards, **PP_OVER)
+    cfg_path, run = _dist_config(tmp_path, shards, "pp", **PP_OVER)
+    _torchrun(cfg_path, "parallel.pp=2")
     _assert_same_run(_records(run), _records(single))
     _assert_same_weights(run / "step_00000006", single / "step_00000006", tmp_path / "c", 1e-5)
+
+
+def test_pipeline_with_fsdp_on_four_ranks_matches_and_resumes(tmp_path):
+    """PP=2 (Interleaved1F1B, 4 stages) × FSDP 2: each pipeline replica reads its own data."""
+    shards = make_shards(tmp_path / "shards")
+    single = _single(tmp_path, shards, **PP_OVER)
+    cfg_path, run = _dist_config(tmp_path, shards, "pp", **PP_OVER)
+    layout = ("parallel.pp=2", "parallel.pp_schedule=Interleaved1F1B")
+    _torchrun(cfg_path, *layout, nproc=4)
+    pp = _records(run)
+    _assert_same_run(pp, _records(single))
+    _assert_same_weights(run / "step_00000006", single / "step_00000006", tmp_path / "c", 1e-5)
+    resumed = tmp_path / "resumed"
+    _torchrun(
+        cfg_path, *layout, f"out_dir={resumed}", "--resume", str(run / "step_00000003"), nproc=4
+    )
+    assert _without_timing(_records(resumed)) == _without_timing(pp[3:])
 
 
 def test_expert_parallel_with_fsdp_on_four_ranks(tmp_path):

@@ -74,26 +74,47 @@ def _wrap_experts(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, An
     for fqn, mesh in meshes.items():
         local = state["model"][fqn]
         state["model"][fqn] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
-        optim_state = state.get("optim", {}).get("state", {})
-        if fqn in optim_state:  # a new dict: the one given may be the optimizer's own
-            optim_state[fqn] = {
-                key: DTensor.from_local(value, mesh, [Shard(0)], run_check=False)
-                if isinstance(value, torch.Tensor) and value.shape == local.shape
-                else value
-                for key, value in optim_state[fqn].items()
-            }
+        optim = state.get("optim", {})
+        if "state" in optim:  # the nested layout of checkpoints before "optim_layout": "flat"
+            if fqn in optim["state"]:  # a new dict: the one given may be the optimizer's own
+                optim["state"][fqn] = {
+                    key: _ep_dtensor(value, local, mesh)
+                    for key, value in optim["state"][fqn].items()
+                }
+            continue
+        for key in [k for k in optim if k.startswith(f"state.{fqn}.")]:
+            optim[key] = _ep_dtensor(optim[key], local, mesh)
     return meshes
 
 
+def _ep_dtensor(value: Any, local: torch.Tensor, mesh) -> Any:
+    from torch.distributed.tensor import DTensor, Shard
+
+    if isinstance(value, torch.Tensor) and value.shape == local.shape:
+        return DTensor.from_local(value, mesh, [Shard(0)], run_check=False)
+    return value
+
+
 def _unwrap_experts(state: dict[str, Any], meshes: dict[str, Any]) -> None:
+    """Back to plain local slices, for the expert parameters only (FSDP's DTensors stay)."""
     from torch.distributed.tensor import DTensor
 
+    optim = state.get("optim", {})
     for fqn in meshes:
         state["model"][fqn] = state["model"][fqn].to_local()
-        moments = state.get("optim", {}).get("state", {}).get(fqn, {})
-        for key, value in moments.items():
-            if isinstance(value, DTensor):
-                moments[key] = value.to_local()
+        nested = optim.get("state", {}).get(fqn, {})
+        for d, keys in (
+            (nested, list(nested)),
+            (optim, [k for k in optim if k.startswith(f"state.{fqn}.")]),
+        ):
+            for key in keys:
+                if isinstance(d[key], DTensor):
+                    d[key] = d[key].to_local()
+
+
+# Optimizer state is saved flattened ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"): keyed by
+# parameter name, so ranks with disjoint parameters (pipeline stages) and other layouts agree.
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def save_dcp(
@@ -114,7 +135,7 @@ def save_dcp(
         tmp.mkdir(parents=True)
     _barrier()
     if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_FLAT)
         state = {"model": model_sd, "optim": optim_sd}
     else:
         state = {"model": get_model_state_dict(model)}
@@ -135,6 +156,7 @@ def save_dcp(
             "tokens": tokens,
             "time": time.time(),
             "format": "dcp",
+            "optim_layout": "flat",
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "moelab_version": __version__,
             "files": files,
@@ -176,13 +198,18 @@ def load_dcp(
     path = Path(path)
     meta = validate_dcp(path)
     if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        options = _FLAT if meta.get("optim_layout") == "flat" else StateDictOptions()
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
         state = {"model": model_sd, "optim": optim_sd}
         meshes = _wrap_experts(model, state)
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
         _unwrap_experts(state, meshes)
         set_state_dict(
-            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=options,
         )
     else:
         state = {"model": get_model_state_dict(model)}

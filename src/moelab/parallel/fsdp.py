@@ -24,15 +24,20 @@ def apply_fsdp(
     ``param_dtype=torch.bfloat16`` gathers and computes in bf16 with fp32 sharded master
     weights and fp32 gradient reduction.
     """
-    mp = (
-        MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-        if param_dtype
-        else MixedPrecisionPolicy()
-    )
-    kw = {"mesh": mesh, "mp_policy": mp, "reshard_after_forward": reshard_after_forward}
+    kw = {
+        "mesh": mesh,
+        "mp_policy": mp_policy(param_dtype),
+        "reshard_after_forward": reshard_after_forward,
+    }
     if ignored_params:
         kw["ignored_params"] = set(ignored_params)
     for block in model.layers.values():
         fully_shard(block, **kw)
     fully_shard(model, **kw)
     return model
+
+
+def mp_policy(param_dtype: torch.dtype | None) -> MixedPrecisionPolicy:
+    if param_dtype is None:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)

@@ -142,6 +142,50 @@ def split_layers(num_layers: int, num_stages: int) -> list[list[int]]:
     return out
 
 
+def build_stage_modules(
+    model: MoETransformer,
+    *,
+    schedule: str,
+    pp_rank: int,
+    pp_size: int,
+    stages_per_rank: int = 2,
+    aux_loss_fn: AuxLossFn | None = None,
+) -> tuple[list[StageModule], list[int], int]:
+    """This rank's stage modules, their stage indices, and the total number of stages."""
+    layout = stage_layout(schedule, pp_size, stages_per_rank)
+    num_stages = sum(len(s) for s in layout)
+    layers = split_layers(model.config.num_layers, num_stages)
+    modules = [
+        StageModule(
+            model, layers[idx], first=idx == 0, last=idx == num_stages - 1, aux_loss_fn=aux_loss_fn
+        )
+        for idx in layout[pp_rank]
+    ]
+    return modules, layout[pp_rank], num_stages
+
+
+def build_schedule(
+    modules: list[nn.Module],
+    stage_ids: list[int],
+    num_stages: int,
+    *,
+    schedule: str,
+    group,
+    device: torch.device,
+    n_microbatches: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+):
+    """The schedule object running ``modules`` (FSDP-wrapped stage modules are fine)."""
+    stages = [
+        PipelineStage(mod, idx, num_stages, device, group=group)
+        for mod, idx in zip(modules, stage_ids, strict=True)
+    ]
+    cls = get_schedule_class(schedule)
+    if issubclass(cls, PipelineScheduleSingle):
+        return cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn)
+    return cls(stages, n_microbatches=n_microbatches, loss_fn=loss_fn)
+
+
 def build_pipeline(
     model: MoETransformer,
     *,
@@ -156,19 +200,22 @@ def build_pipeline(
     aux_loss_fn: AuxLossFn | None = None,
 ):
     """This rank's stage modules and the schedule object that runs them."""
-    layout = stage_layout(schedule, pp_size, stages_per_rank)
-    num_stages = sum(len(s) for s in layout)
-    layers = split_layers(model.config.num_layers, num_stages)
-    modules, stages = [], []
-    for idx in layout[pp_rank]:
-        mod = StageModule(
-            model, layers[idx], first=idx == 0, last=idx == num_stages - 1, aux_loss_fn=aux_loss_fn
-        )
-        modules.append(mod)
-        stages.append(PipelineStage(mod, idx, num_stages, device, group=group))
-    cls = get_schedule_class(schedule)
-    if issubclass(cls, PipelineScheduleSingle):
-        sched = cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn)
-    else:
-        sched = cls(stages, n_microbatches=n_microbatches, loss_fn=loss_fn)
+    modules, stage_ids, num_stages = build_stage_modules(
+        model,
+        schedule=schedule,
+        pp_rank=pp_rank,
+        pp_size=pp_size,
+        stages_per_rank=stages_per_rank,
+        aux_loss_fn=aux_loss_fn,
+    )
+    sched = build_schedule(
+        modules,
+        stage_ids,
+        num_stages,
+        schedule=schedule,
+        group=group,
+        device=device,
+        n_microbatches=n_microbatches,
+        loss_fn=loss_fn,
+    )
     return modules, sched

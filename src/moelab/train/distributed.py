@@ -5,8 +5,8 @@ Supported layouts inside ``moelab train`` (``parallel.*``):
 * data parallel: FSDP2 over ``dp_shard``, HSDP with ``dp_replicate`` > 1;
 * expert parallel (``ep`` > 1) composed with them: experts sliced over ``ep`` (all-to-all
   dispatch), dense weights FSDP-sharded over dp; expert gradients reduced by ``parallel.grads``;
-* pipeline parallel (``pp`` > 1) alone: every other degree must be 1 (refused otherwise; PP with
-  FSDP/EP is not wired in yet).
+* pipeline parallel (``pp`` > 1), alone or with FSDP/HSDP inside each stage (each pipeline
+  replica reads its own data); PP with EP is refused (not wired in yet).
 
 Activation checkpointing (``parallel.activation_checkpoint``) applies in one process as well.
 The order is fixed: expert parallelism, activation checkpointing, FSDP (``parallelize``).
@@ -24,7 +24,7 @@ from moelab.parallel.activation import apply_activation_checkpointing
 from moelab.parallel.dims import ParallelDims
 from moelab.parallel.env import init_distributed, is_distributed, world_size
 from moelab.parallel.expert import apply_expert_parallel, expert_params
-from moelab.parallel.fsdp import apply_fsdp
+from moelab.parallel.fsdp import apply_fsdp, mp_policy
 from moelab.parallel.grads import clip_grad_norm_, reduce_expert_grads_
 
 
@@ -94,12 +94,11 @@ class DistContext:
 
 
 def _check_supported(dims: ParallelDims) -> None:
-    if dims.pp > 1 and (dims.ep > 1 or dims.dp_replicate > 1 or dims.dp_shard > 1):
+    if dims.pp > 1 and dims.ep > 1:
         raise ConfigError(
             "parallel",
-            f"pipeline parallelism (pp={dims.pp}) is supported alone so far; "
-            f"combining it with ep={dims.ep}, dp_replicate={dims.dp_replicate}, "
-            f"dp_shard={dims.dp_shard} (FSDP/expert parallelism per stage) is not wired in",
+            f"pipeline parallelism (pp={dims.pp}) with expert parallelism (ep={dims.ep}) is not "
+            "wired in yet; use pp with FSDP/HSDP (dp_shard, dp_replicate), or ep without pp",
         )
 
 
@@ -142,11 +141,15 @@ def parallelize(
             stages_per_rank=dims.pp_stages_per_rank,
             aux_loss_fn=aux_loss_fn,
             part_names=list(part_names),
+            dp_group=ctx.dp_group,
         )
     elif ctx.enabled and dims.ep > 1:
         apply_expert_parallel(model, mesh=ctx.meshes["ep"])
     apply_activation_checkpointing(model, dims.activation_checkpoint, dims.ac_every)
-    if ctx.enabled and dims.pp == 1:
+    if ctx.pipeline is not None:
+        if ctx.dp_size > 1:
+            ctx.pipeline.shard(ctx.fsdp_mesh, mp_policy=mp_policy(param_dtype))
+    elif ctx.enabled:
         apply_fsdp(
             model, ctx.fsdp_mesh, param_dtype=param_dtype, ignored_params=set(expert_params(model))
         )

@@ -234,7 +234,13 @@ class Trainer:
         cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
         global_batch = global_batch_at(st.tokens, cfg.batch)
-        accum = global_batch // cfg.batch.micro_batch_size
+        per_step = cfg.batch.micro_batch_size * self.dist.dp_size
+        if global_batch % per_step:
+            raise ValueError(
+                f"global batch {global_batch} is not a multiple of micro_batch_size × data-parallel "
+                f"ranks ({cfg.batch.micro_batch_size} × {self.dist.dp_size})"
+            )
+        accum = global_batch // per_step
         lr = lr_at(st.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
