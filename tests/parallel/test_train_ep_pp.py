@@ -8,6 +8,11 @@ loads; then the weights after the last step, through a consolidated DCP checkpoi
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -130,3 +135,40 @@ def test_expert_parallel_with_fsdp_on_four_ranks(tmp_path):
     _torchrun(cfg_path, "parallel.ep=2", nproc=4)
     _assert_same_run(_records(run), _records(single))
     _assert_same_weights(run / "step_00000006", single / "step_00000006", tmp_path / "c", 1e-5)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_a_rank_killed_mid_run_fails_the_job_fast_and_the_restart_resumes(tmp_path):
+    shards = make_shards(tmp_path / "shards")
+    cfg_path, run = _dist_config(tmp_path, shards, "kill", **{"checkpoint.latest_every_steps": 2})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "moelab", "train", str(cfg_path), "parallel.ep=2", "max_steps=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "step_00000004").exists():  # two rolling checkpoints written
+            assert job.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        workers = _children(job.pid)
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGKILL)
+        killed_at = time.monotonic()
+        job.wait(timeout=60)
+        took = time.monotonic() - killed_at
+    finally:
+        if job.poll() is None:
+            job.kill()
+    output = job.stdout.read().decode()
+    assert job.returncode != 0 and "SIGKILL" in output
+    assert took < 30, f"the job took {took:.0f} s to fail"
+    latest = run / (run / "latest").read_text().strip()  # the last complete checkpoint
+    step = int(latest.name.split("_")[1])
+    assert step >= 4 and (latest / "meta.json").exists()
+    out = _torchrun(cfg_path, "parallel.ep=2", f"max_steps={step + 1}", "--resume", "auto")
+    assert f"resumed from {latest} at step {step}" in out
+    assert _records(run)[-1]["step"] == step + 1
