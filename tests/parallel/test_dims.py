@@ -37,13 +37,21 @@ def test_unknown_pipeline_schedule_names_the_field():
         ParallelDims.from_dict({"pp": 2, "pp_schedule": "Zigzag"})
 
 
-def test_pipeline_with_expert_parallelism_is_refused_by_name():
+@pytest.mark.parametrize("schedule", ["ZBVZeroBubble", "DualPipeV", "InterleavedZeroBubble"])
+def test_zero_bubble_schedules_with_data_parallel_stages_are_refused_by_name(schedule):
     from moelab.train.distributed import _check_supported
 
-    with pytest.raises(ConfigError, match=r"pp=2\) with expert parallelism \(ep=2\) is not wired"):
-        _check_supported(ParallelDims(pp=2, ep=2).resolve(world_size=4, num_experts=8))
-    for fine in (ParallelDims(pp=4), ParallelDims(pp=2), ParallelDims(pp=2, dp_replicate=2)):
-        _check_supported(fine.resolve(world_size=4))  # PP alone or with FSDP/HSDP
+    for refused in (
+        ParallelDims(pp=2, ep=2),
+        ParallelDims(pp=2),
+        ParallelDims(pp=2, dp_replicate=2),
+    ):
+        refused.pp_schedule = schedule
+        with pytest.raises(ConfigError, match=rf"pp_schedule: {schedule} splits the backward"):
+            _check_supported(refused.resolve(world_size=4, num_experts=8))
+    _check_supported(ParallelDims(pp=4, pp_schedule=schedule).resolve(world_size=4))  # pp alone
+    for fine in ("1F1B", "Interleaved1F1B", "GPipe"):
+        _check_supported(ParallelDims(pp=2, ep=2, pp_schedule=fine).resolve(4, 8))
 
 
 def test_pipeline_refuses_tied_embeddings():

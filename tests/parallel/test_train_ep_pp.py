@@ -107,12 +107,13 @@ def test_pipeline_training_matches_single_process(tmp_path):
     _assert_same_weights(run / "step_00000006", single / "step_00000006", tmp_path / "c", 1e-5)
 
 
-def test_pipeline_with_fsdp_on_four_ranks_matches_and_resumes(tmp_path):
-    """PP=2 (Interleaved1F1B, 4 stages) × FSDP 2: each pipeline replica reads its own data."""
+def test_pipeline_with_expert_parallel_and_fsdp_on_four_ranks_matches_and_resumes(tmp_path):
+    """PP=2 (Interleaved1F1B, 4 stages) × EP=2 × FSDP 2 inside each stage: each pipeline replica
+    reads its own data, experts are split across the two replicas of a stage."""
     shards = make_shards(tmp_path / "shards")
     single = _single(tmp_path, shards, **PP_OVER)
     cfg_path, run = _dist_config(tmp_path, shards, "pp", **PP_OVER)
-    layout = ("parallel.pp=2", "parallel.pp_schedule=Interleaved1F1B")
+    layout = ("parallel.pp=2", "parallel.pp_schedule=Interleaved1F1B", "parallel.ep=2")
     _torchrun(cfg_path, *layout, nproc=4)
     pp = _records(run)
     _assert_same_run(pp, _records(single))
