@@ -37,9 +37,9 @@ from torch.distributed.checkpoint.state_dict import (
 from moelab import __version__
 from moelab.checkpoint.hf import CheckpointError
 from moelab.checkpoint.layout import LATEST, META, MODEL_CONFIG, save_checkpoint, step_dir_name
+from moelab.common.sharding import LOCAL_SHARD_ATTR as EP_GROUP_ATTR
 from moelab.model.config import ModelConfig
 from moelab.model.transformer import MoETransformer
-from moelab.parallel.expert import EP_GROUP_ATTR
 
 DCP_DIR = "dcp"
 

@@ -9,8 +9,8 @@
   the k slots as the local dispatcher, so results equal the single-device model's.
 
 The sliced expert weights stay plain local tensors (the grouped GEMM sees them unchanged);
-each is tagged ``EP_GROUP_ATTR`` = the expert group, so gradient reduction, clipping and DCP
-(which presents them as DTensors ``Shard(0)`` over the ``ep`` mesh) can find them.
+each is tagged with ``common.sharding.LOCAL_SHARD_ATTR`` = the ep mesh, so gradient reduction,
+clipping and DCP (which presents them as DTensors ``Shard(0)`` over the ``ep`` mesh) find them.
 
 Dropless: split sizes are whatever the routing gives (a host sync reads them). The router still
 scores all experts on every rank, so routing, losses and the bias update are unchanged; expert
@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as fc
 from torch import nn
 
+from moelab.common.sharding import LOCAL_SHARD_ATTR
 from moelab.model.moe import MoELayer
 
 
@@ -106,7 +107,7 @@ def _source_to_expert_order(recv_mat: torch.Tensor) -> torch.Tensor:
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
-EP_GROUP_ATTR = "_moelab_ep_mesh"
+EP_GROUP_ATTR = LOCAL_SHARD_ATTR
 
 
 def expert_params(model: nn.Module) -> list[nn.Parameter]:
