@@ -30,3 +30,47 @@ def test_inconsistent_layouts_are_refused(dims, world, experts, match):
 def test_field_validation():
     with pytest.raises(ConfigError, match="dp_shard"):
         ParallelDims.from_dict({"dp_shard": 0})
+
+
+def test_unknown_pipeline_schedule_names_the_field():
+    with pytest.raises(ConfigError, match=r"pp_schedule: Unknown schedule name 'Zigzag'"):
+        ParallelDims.from_dict({"pp": 2, "pp_schedule": "Zigzag"})
+
+
+@pytest.mark.parametrize("schedule", ["ZBVZeroBubble", "DualPipeV", "InterleavedZeroBubble"])
+def test_zero_bubble_schedules_with_data_parallel_stages_are_refused_by_name(schedule):
+    from moelab.train.distributed import _check_supported
+
+    for refused in (
+        ParallelDims(pp=2, ep=2),
+        ParallelDims(pp=2),
+        ParallelDims(pp=2, dp_replicate=2),
+    ):
+        refused.pp_schedule = schedule
+        with pytest.raises(ConfigError, match=rf"pp_schedule: {schedule} splits the backward"):
+            _check_supported(refused.resolve(world_size=4, num_experts=8))
+    _check_supported(ParallelDims(pp=4, pp_schedule=schedule).resolve(world_size=4))  # pp alone
+    for fine in ("1F1B", "Interleaved1F1B", "GPipe"):
+        _check_supported(ParallelDims(pp=2, ep=2, pp_schedule=fine).resolve(4, 8))
+
+
+def test_pipeline_refuses_tied_embeddings():
+    from moelab.model.transformer import build_model
+    from moelab.parallel.pipeline_runner import PipelineRunner
+
+    from .test_ep_fsdp import _cfg
+
+    cfg = _cfg()
+    cfg.tie_word_embeddings = True
+    with pytest.raises(ValueError, match="tie_word_embeddings is not supported"):
+        PipelineRunner(
+            build_model(cfg, seed=0),
+            schedule="1F1B",
+            pp_rank=0,
+            pp_size=2,
+            group=None,
+            device=None,
+            stages_per_rank=1,
+            aux_loss_fn=None,
+            part_names=[],
+        )

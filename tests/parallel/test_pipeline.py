@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from moelab.model.losses import cross_entropy
+from moelab.model.losses import cross_entropy, load_balancing_loss
 from moelab.model.transformer import build_model
 from moelab.parallel.pipeline import split_layers, stage_layout
 
@@ -29,7 +29,8 @@ def _loss_fn(logits, targets):
     return cross_entropy(logits, targets)
 
 
-SCHEDULES = ["1F1B", "Interleaved1F1B", "ZBVZeroBubble", "DualPipeV"]
+SCHEDULES = ["1F1B", "GPipe", "Interleaved1F1B", "ZBVZeroBubble", "DualPipeV"]
+LB = 0.01
 
 
 def _pp_worker(rank, world, schedules):
@@ -44,7 +45,16 @@ def _check_schedule(rank, world, schedule):
     cfg.num_layers = 4
     x = _data()
     ref = build_model(cfg, seed=1)
-    _loss_fn(ref(x[:, :-1]).logits, x[:, 1:]).backward()
+    for chunk in x.chunk(4):  # the schedule's 4 micro batches; the LB loss is per micro batch
+        out = ref(chunk[:, :-1])
+        loss = _loss_fn(out.logits, chunk[:, 1:]) + LB * load_balancing_loss(out.router, 8, 2)
+        (loss / 4).backward()
+    num_moe = cfg.num_moe_layers
+
+    def aux(routings, batch_size):  # this stage's share of the mean over layers
+        lb = load_balancing_loss(routings, 8, 2) * len(routings) / num_moe
+        return LB * lb, {"lb_loss": lb.detach()}
+
     model = build_model(cfg, seed=1)
     modules, sched = build_pipeline(
         model,
@@ -55,6 +65,7 @@ def _check_schedule(rank, world, schedule):
         device=torch.device("cpu"),
         n_microbatches=4,
         loss_fn=_loss_fn,
+        aux_loss_fn=aux,
     )
     inputs, targets = x[:, :-1], x[:, 1:]
     last_rank = any(m.lm_head is not None for m in modules)
@@ -70,9 +81,13 @@ def _check_schedule(rank, world, schedule):
             )
             checked += 1
     assert checked > 0
-    assert sum(len(m.expert_counts) for m in modules) > 0  # counts kept for the bias update
+    counts = [m.stats(last=4)[0] for m in modules]  # the shape-inference forward left out
+    assert sum(len(c) for c in counts) > 0
+    for per_layer in counts:  # every token of the 4 micro batches counted once, k times
+        assert all(int(c.sum()) == x[:, :-1].numel() * 2 for c in per_layer.values())
 
 
 def test_schedules_match_single_process():
-    """1F1B, Interleaved1F1B (dots.llm1), ZBV and DualPipeV: every stage's gradients."""
+    """1F1B, GPipe, Interleaved1F1B (dots.llm1), ZBV, DualPipeV, with an LB loss added per
+    stage: every stage's gradients."""
     run_distributed(_pp_worker, world_size=2, args=(SCHEDULES,))

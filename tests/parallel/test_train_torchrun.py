@@ -22,7 +22,7 @@ def _losses(run_dir):
     ]
 
 
-def _torchrun(cfg_path, *overrides):
+def _torchrun(cfg_path, *overrides, nproc: int = 2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -30,7 +30,7 @@ def _torchrun(cfg_path, *overrides):
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node",
-        "2",
+        str(nproc),
         "-m",
         "moelab",
         "train",

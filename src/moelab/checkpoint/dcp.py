@@ -6,6 +6,12 @@ renames the directory into place, then updates ``latest``. A reader on any world
 parallel layout loads it with ``load_dcp`` (DCP reshards by tensor name), and
 ``consolidate`` turns it into the single-device checkpoint that inference, export and analysis
 read (``checkpoint/layout.py``).
+
+Expert parallelism keeps each rank's expert slice as a plain tensor. In the state dicts given
+to DCP those slices (weights and their Adam moments) become ``DTensor``s ``Shard(0)`` over the
+``ep`` mesh, so they are saved under the single-device names with their global shape (E, ...)
+and any layout can read them back; ranks that hold the same slice write it once (DCP dedups).
+Pipeline ranks hold disjoint layers, so their state dicts have disjoint names and need nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 from moelab import __version__
 from moelab.checkpoint.hf import CheckpointError
 from moelab.checkpoint.layout import LATEST, META, MODEL_CONFIG, save_checkpoint, step_dir_name
+from moelab.common.sharding import LOCAL_SHARD_ATTR as EP_GROUP_ATTR
 from moelab.model.config import ModelConfig
 from moelab.model.transformer import MoETransformer
 
@@ -44,6 +51,70 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def _expert_meshes(model: torch.nn.Module) -> dict[str, Any]:
+    meshes = {}
+    for fqn, p in model.named_parameters():
+        if hasattr(p, EP_GROUP_ATTR):
+            mesh = getattr(p, EP_GROUP_ATTR)
+            if mesh is None:
+                raise CheckpointError(
+                    f"{fqn}: expert parallelism applied without an ep DeviceMesh; DCP needs one"
+                )
+            meshes[fqn] = mesh
+    return meshes
+
+
+def _wrap_experts(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """Present EP slices (and their optimizer moments) as DTensors Shard(0) over ``ep``."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    meshes = _expert_meshes(model)
+    for fqn, mesh in meshes.items():
+        local = state["model"][fqn]
+        state["model"][fqn] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
+        optim = state.get("optim", {})
+        if "state" in optim:  # the nested layout of checkpoints before "optim_layout": "flat"
+            if fqn in optim["state"]:  # a new dict: the one given may be the optimizer's own
+                optim["state"][fqn] = {
+                    key: _ep_dtensor(value, local, mesh)
+                    for key, value in optim["state"][fqn].items()
+                }
+            continue
+        for key in [k for k in optim if k.startswith(f"state.{fqn}.")]:
+            optim[key] = _ep_dtensor(optim[key], local, mesh)
+    return meshes
+
+
+def _ep_dtensor(value: Any, local: torch.Tensor, mesh) -> Any:
+    from torch.distributed.tensor import DTensor, Shard
+
+    if isinstance(value, torch.Tensor) and value.shape == local.shape:
+        return DTensor.from_local(value, mesh, [Shard(0)], run_check=False)
+    return value
+
+
+def _unwrap_experts(state: dict[str, Any], meshes: dict[str, Any]) -> None:
+    """Back to plain local slices, for the expert parameters only (FSDP's DTensors stay)."""
+    from torch.distributed.tensor import DTensor
+
+    optim = state.get("optim", {})
+    for fqn in meshes:
+        state["model"][fqn] = state["model"][fqn].to_local()
+        nested = optim.get("state", {}).get(fqn, {})
+        for d, keys in (
+            (nested, list(nested)),
+            (optim, [k for k in optim if k.startswith(f"state.{fqn}.")]),
+        ):
+            for key in keys:
+                if isinstance(d[key], DTensor):
+                    d[key] = d[key].to_local()
+
+
+# Optimizer state is saved flattened ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"): keyed by
+# parameter name, so ranks with disjoint parameters (pipeline stages) and other layouts agree.
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def save_dcp(
@@ -64,10 +135,11 @@ def save_dcp(
         tmp.mkdir(parents=True)
     _barrier()
     if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_FLAT)
         state = {"model": model_sd, "optim": optim_sd}
     else:
         state = {"model": get_model_state_dict(model)}
+    _wrap_experts(model, state)
     dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
     if extra is not None:  # per-rank, small (loader position, RNG)
         torch.save(extra, tmp / f"extra_rank{_rank():05d}.pt")
@@ -84,6 +156,7 @@ def save_dcp(
             "tokens": tokens,
             "time": time.time(),
             "format": "dcp",
+            "optim_layout": "flat",
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "moelab_version": __version__,
             "files": files,
@@ -125,15 +198,24 @@ def load_dcp(
     path = Path(path)
     meta = validate_dcp(path)
     if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        options = _FLAT if meta.get("optim_layout") == "flat" else StateDictOptions()
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
         state = {"model": model_sd, "optim": optim_sd}
+        meshes = _wrap_experts(model, state)
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        _unwrap_experts(state, meshes)
         set_state_dict(
-            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=options,
         )
     else:
         state = {"model": get_model_state_dict(model)}
+        meshes = _wrap_experts(model, state)
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        _unwrap_experts(state, meshes)
         set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     return meta
 

@@ -8,7 +8,8 @@ EP ranks of one expert group also hold different data. Non-expert weights are FS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from moelab.config import Config, ConfigError
 
@@ -22,14 +23,31 @@ class ParallelDims(Config):
     ep: int = 1
     """Expert-parallel degree; must divide dp_shard and the number of experts."""
     pp: int = 1
-    """Pipeline stages."""
+    """Pipeline ranks (stages = pp × stages per rank of the schedule)."""
+    pp_schedule: str = "1F1B"
+    """A ``torch.distributed.pipelining`` schedule by name: 1F1B, GPipe, Interleaved1F1B, ..."""
+    pp_stages_per_rank: int = 2
+    """Stages per rank for multi-stage schedules (Interleaved1F1B, LoopedBFS); 1F1B/GPipe use 1."""
+    activation_checkpoint: Literal["none", "full", "selective"] = "none"
+    """Recompute blocks in the backward: none, every block (full), or every ``ac_every``-th."""
+    ac_every: int = 2
+    """selective: checkpoint blocks 0, n, 2n, ... (applies in one process too)."""
 
     def validate(self, path: str) -> None:
-        for name in ("dp_replicate", "ep", "pp"):
+        for name in ("dp_replicate", "ep", "pp", "pp_stages_per_rank", "ac_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"{path}.{name}" if path else name, f"must be >= 1, got {getattr(self, name)}"
                 )
+        if self.pp > 1:
+            from torch.distributed.pipelining.schedules import get_schedule_class
+
+            try:
+                get_schedule_class(self.pp_schedule)
+            except ValueError as err:
+                raise ConfigError(
+                    f"{path}.pp_schedule" if path else "pp_schedule", str(err)
+                ) from None
         if self.dp_shard == 0 or self.dp_shard < -1:
             raise ConfigError(
                 f"{path}.dp_shard" if path else "dp_shard",
@@ -59,7 +77,7 @@ class ParallelDims(Config):
             raise ConfigError(
                 "parallel.ep", f"({self.ep}) must divide the number of experts ({num_experts})"
             )
-        return ParallelDims(self.dp_replicate, dp_shard, self.ep, self.pp)
+        return replace(self, dp_shard=dp_shard)
 
     @property
     def dp_shard_mod_ep(self) -> int:

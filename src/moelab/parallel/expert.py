@@ -8,6 +8,10 @@
 * combine: the exact reverse (regroup back, all-to-all back), then the same weighted sum over
   the k slots as the local dispatcher, so results equal the single-device model's.
 
+The sliced expert weights stay plain local tensors (the grouped GEMM sees them unchanged);
+each is tagged with ``common.sharding.LOCAL_SHARD_ATTR`` = the ep mesh, so gradient reduction,
+clipping and DCP (which presents them as DTensors ``Shard(0)`` over the ``ep`` mesh) find them.
+
 Dropless: split sizes are whatever the routing gives (a host sync reads them). The router still
 scores all experts on every rank, so routing, losses and the bias update are unchanged; expert
 counts for the bias update are reduced over the data-parallel group by the trainer.
@@ -25,6 +29,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as fc
 from torch import nn
 
+from moelab.common.sharding import LOCAL_SHARD_ATTR
 from moelab.model.moe import MoELayer
 
 
@@ -102,8 +107,26 @@ def _source_to_expert_order(recv_mat: torch.Tensor) -> torch.Tensor:
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
-def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup) -> None:
-    """Keep this rank's slice of every MoE layer's experts and swap in the all-to-all dispatcher."""
+EP_GROUP_ATTR = LOCAL_SHARD_ATTR
+
+
+def expert_params(model: nn.Module) -> list[nn.Parameter]:
+    """The expert-parallel (sliced, plain) parameters of ``model``."""
+    return [p for p in model.parameters() if hasattr(p, EP_GROUP_ATTR)]
+
+
+def apply_expert_parallel(
+    model: nn.Module, group: dist.ProcessGroup | None = None, mesh=None
+) -> None:
+    """Keep this rank's slice of every MoE layer's experts and swap in the all-to-all dispatcher.
+
+    Pass either a process ``group`` or a 1-D ``mesh`` (the ``ep`` DeviceMesh); with a mesh the
+    parameters remember it, which DCP checkpoints need.
+    """
+    if mesh is not None:
+        group = mesh.get_group()
+    if group is None:
+        raise ValueError("apply_expert_parallel needs a process group or an ep mesh")
     ep_rank = dist.get_rank(group)
     for module in model.modules():
         if not isinstance(module, MoELayer):
@@ -115,6 +138,8 @@ def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup) -> None:
         with torch.no_grad():
             experts.gate_up_proj = nn.Parameter(experts.gate_up_proj[lo:hi].clone())
             experts.down_proj = nn.Parameter(experts.down_proj[lo:hi].clone())
+        for p in (experts.gate_up_proj, experts.down_proj):
+            setattr(p, EP_GROUP_ATTR, mesh)
         experts.num_experts = dispatcher.local_experts
         experts.expert_offset = lo
         module.dispatcher = dispatcher

@@ -5,6 +5,13 @@ stage and the final norm and lm_head on the last) that maps one tensor to one te
 pipelining runtime requires. Router outputs cannot cross stage boundaries, so each stage keeps
 the expert counts of its MoE layers for the bias update and metrics.
 
+MoE auxiliary losses (LB, z, sequence-wise) are added *per stage*: the pipelining runtime only
+carries one tensor between stages and computes the loss on the last, so a stage computes its
+layers' share of each loss (the loss of its layers × their count / all MoE layers, so shares sum
+to the single-device mean over layers) and attaches it to its output with ``_AttachAux``, an
+identity whose backward also sends gradient 1 into the share (Megatron's MoEAuxLossAutoScaler).
+The detached shares are summed for logging.
+
 Schedules are chosen by name (``1F1B``, ``Interleaved1F1B`` as in dots.llm1, ``ZBVZeroBubble``,
 ``DualPipeV``, ``GPipe``, ...). Multi-stage schedules place two or more stages per rank: looped
 (stage s on rank s mod pp) or, for the V schedules, rank r holds stages r and 2·pp−1−r.
@@ -24,16 +31,63 @@ from moelab.model.transformer import MoETransformer
 V_SCHEDULES = {"ZBVZeroBubble", "DualPipeV"}
 
 
+class _AttachAux(torch.autograd.Function):
+    """Identity on ``h``; in the backward, gradient 1 flows into ``aux`` as well."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        ctx.aux_shape, ctx.aux_dtype = aux.shape, aux.dtype
+        return h.clone()  # not a view: zero-bubble schedules detach_() stage outputs
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):
+        return grad_h, torch.ones(ctx.aux_shape, dtype=ctx.aux_dtype, device=grad_h.device)
+
+
+AuxLossFn = Callable[[list, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""(this stage's router outputs, batch size) -> (share of the weighted aux loss, detached parts)."""
+
+
 class StageModule(nn.Module):
-    def __init__(self, model: MoETransformer, layer_ids: list[int], first: bool, last: bool):
+    def __init__(
+        self,
+        model: MoETransformer,
+        layer_ids: list[int],
+        first: bool,
+        last: bool,
+        aux_loss_fn: AuxLossFn | None = None,
+    ):
         super().__init__()
         self.embed_tokens = model.embed_tokens if first else None
         self.layers = nn.ModuleDict({str(i): model.layers[str(i)] for i in layer_ids})
         self.norm = model.norm if last else None
         self.lm_head = model.lm_head if last else None
         self.rotary = model.rotary
-        self.expert_counts: dict[int, torch.Tensor] = {}
-        """Tokens per expert of each MoE layer here, summed since the last reset (no gradient)."""
+        self.aux_loss_fn = aux_loss_fn
+        self.records: list[tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]] = []
+        """Per forward call since the last reset: (expert counts per MoE layer, aux-loss shares)."""
+
+    def reset_stats(self) -> None:
+        self.records = []
+
+    def stats(self, last: int | None = None):
+        """Expert counts per layer and aux-loss shares summed over the ``last`` forward calls.
+
+        The runtime's first step also runs each stage once on placeholder tensors to infer
+        shapes; counting only the last ``n_microbatches`` calls leaves that one out.
+        """
+        counts: dict[int, torch.Tensor] = {}
+        parts: dict[str, torch.Tensor] = {}
+        for c, p in self.records[-last:] if last else self.records:
+            for k, v in c.items():
+                counts[k] = counts[k] + v if k in counts else v
+            for k, v in p.items():
+                parts[k] = parts[k] + v if k in parts else v
+        return counts, parts
+
+    @property
+    def expert_counts(self) -> dict[int, torch.Tensor]:
+        return self.stats()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed_tokens(x) if self.embed_tokens is not None else x
@@ -45,12 +99,17 @@ class StageModule(nn.Module):
             else h.dtype
         )
         rope = self.rotary(positions, dtype)
+        routings, counts, parts = [], {}, {}
         for block in self.layers.values():
             h, routing = block(h, rope, positions)
             if routing is not None:
-                counts = routing.tokens_per_expert_E.detach()
-                prev = self.expert_counts.get(block.layer_idx)
-                self.expert_counts[block.layer_idx] = counts if prev is None else prev + counts
+                routings.append(routing)
+                counts[block.layer_idx] = routing.tokens_per_expert_E.detach()
+        if self.aux_loss_fn is not None and routings:
+            aux, parts = self.aux_loss_fn(routings, B)
+            if aux.requires_grad and torch.is_grad_enabled():
+                h = _AttachAux.apply(h, aux)
+        self.records.append((counts, parts))
         if self.lm_head is not None:
             h = self.lm_head(self.norm(h))
         return h
@@ -83,6 +142,50 @@ def split_layers(num_layers: int, num_stages: int) -> list[list[int]]:
     return out
 
 
+def build_stage_modules(
+    model: MoETransformer,
+    *,
+    schedule: str,
+    pp_rank: int,
+    pp_size: int,
+    stages_per_rank: int = 2,
+    aux_loss_fn: AuxLossFn | None = None,
+) -> tuple[list[StageModule], list[int], int]:
+    """This rank's stage modules, their stage indices, and the total number of stages."""
+    layout = stage_layout(schedule, pp_size, stages_per_rank)
+    num_stages = sum(len(s) for s in layout)
+    layers = split_layers(model.config.num_layers, num_stages)
+    modules = [
+        StageModule(
+            model, layers[idx], first=idx == 0, last=idx == num_stages - 1, aux_loss_fn=aux_loss_fn
+        )
+        for idx in layout[pp_rank]
+    ]
+    return modules, layout[pp_rank], num_stages
+
+
+def build_schedule(
+    modules: list[nn.Module],
+    stage_ids: list[int],
+    num_stages: int,
+    *,
+    schedule: str,
+    group,
+    device: torch.device,
+    n_microbatches: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+):
+    """The schedule object running ``modules`` (FSDP-wrapped stage modules are fine)."""
+    stages = [
+        PipelineStage(mod, idx, num_stages, device, group=group)
+        for mod, idx in zip(modules, stage_ids, strict=True)
+    ]
+    cls = get_schedule_class(schedule)
+    if issubclass(cls, PipelineScheduleSingle):
+        return cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn)
+    return cls(stages, n_microbatches=n_microbatches, loss_fn=loss_fn)
+
+
 def build_pipeline(
     model: MoETransformer,
     *,
@@ -94,19 +197,25 @@ def build_pipeline(
     n_microbatches: int,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     stages_per_rank: int = 2,
+    aux_loss_fn: AuxLossFn | None = None,
 ):
     """This rank's stage modules and the schedule object that runs them."""
-    layout = stage_layout(schedule, pp_size, stages_per_rank)
-    num_stages = sum(len(s) for s in layout)
-    layers = split_layers(model.config.num_layers, num_stages)
-    modules, stages = [], []
-    for idx in layout[pp_rank]:
-        mod = StageModule(model, layers[idx], first=idx == 0, last=idx == num_stages - 1)
-        modules.append(mod)
-        stages.append(PipelineStage(mod, idx, num_stages, device, group=group))
-    cls = get_schedule_class(schedule)
-    if issubclass(cls, PipelineScheduleSingle):
-        sched = cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn)
-    else:
-        sched = cls(stages, n_microbatches=n_microbatches, loss_fn=loss_fn)
+    modules, stage_ids, num_stages = build_stage_modules(
+        model,
+        schedule=schedule,
+        pp_rank=pp_rank,
+        pp_size=pp_size,
+        stages_per_rank=stages_per_rank,
+        aux_loss_fn=aux_loss_fn,
+    )
+    sched = build_schedule(
+        modules,
+        stage_ids,
+        num_stages,
+        schedule=schedule,
+        group=group,
+        device=device,
+        n_microbatches=n_microbatches,
+        loss_fn=loss_fn,
+    )
     return modules, sched

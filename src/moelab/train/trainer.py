@@ -47,7 +47,7 @@ from moelab.tokens.loader import TokenLoader
 from moelab.train.balance import load_metrics, update_expert_bias
 from moelab.train.config import TrainConfig
 from moelab.train.distributed import setup as setup_distributed
-from moelab.train.distributed import shard_model
+from moelab.train.distributed import shard_model, stage_losses
 from moelab.train.metrics import MetricsLogger, detect_peak_tflops
 from moelab.train.objective import Objective, PretrainObjective
 from moelab.train.optim import build_optimizer
@@ -80,8 +80,14 @@ class Trainer:
         self.model: MoETransformer = build_model(cfg.model, device=self.device, seed=cfg.seed)
         if cfg.init_from and not (resume and list_checkpoints(self.out_dir)):
             self._init_from(cfg.init_from)
-        shard_model(self.model, self.dist)
+        shard_model(self.model, self.dist, **stage_losses(cfg))
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.dist.adapt_optimizer(self.optimizer)
+        if objective is not None and self.dist.pipeline is not None:
+            raise ValueError(
+                "parallel.pp > 1 runs pretraining only: SFT and DPO losses are not split over "
+                "pipeline stages; use parallel.dp_shard / parallel.ep for them"
+            )
         self.loader: Objective = objective(self) if objective else self._pretrain_objective()
         self.state = TrainState()
         if resume:
@@ -225,7 +231,16 @@ class Trainer:
         prepare = getattr(self.loader, "prepare_step", None)
         return prepare(batches) if prepare else batches
 
+    def _mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation per device: the job's tokens/s spread over all its devices."""
+        if not self.peak_tflops:
+            return None
+        per_device = tokens_per_s / self.dist.num_devices
+        return per_device * self.flops_per_token / (self.peak_tflops * 1e12)
+
     def train_step(self) -> dict[str, Any]:
+        if self.dist.pipeline is not None:
+            return self._pipeline_train_step()
         cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
         global_batch = global_batch_at(st.tokens, cfg.batch)
@@ -247,8 +262,7 @@ class Trainer:
                 part_sums[k] = part_sums.get(k, 0.0) + v
             if c is not None:
                 counts = c if counts is None else counts + c
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+        grad_norm = self.dist.clip_grads_(self.model, cfg.optim.grad_clip or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if counts is not None:
@@ -267,9 +281,53 @@ class Trainer:
             "grad_norm": grad_norm.item(),
             "global_batch": global_batch,
             "tokens_per_s": tokens / seconds,
-            "mfu": (tokens / seconds * self.flops_per_token / (self.peak_tflops * 1e12))
-            if self.peak_tflops
-            else None,
+            "mfu": self._mfu(tokens / seconds),
+        }
+        if counts is not None:
+            record.update(load_metrics(counts))
+        return record
+
+    def _pipeline_train_step(self) -> dict[str, Any]:
+        """Pipeline parallelism: the global batch as micro batches through the schedule."""
+        cfg, st = self.cfg, self.state
+        t0 = time.perf_counter()
+        global_batch = global_batch_at(st.tokens, cfg.batch)
+        per_step = cfg.batch.micro_batch_size * self.dist.dp_size
+        if global_batch % per_step:
+            raise ValueError(
+                f"global batch {global_batch} is not a multiple of micro_batch_size × data-parallel "
+                f"ranks ({cfg.batch.micro_batch_size} × {self.dist.dp_size})"
+            )
+        accum = global_batch // per_step
+        lr = lr_at(st.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [next(self.batches) for _ in range(accum)]
+        inputs = torch.cat([b.inputs for b in batches])
+        targets = torch.cat([b.targets for b in batches])
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
+        ):
+            ce, parts, counts, local_counts = self.dist.pipeline.step(inputs, targets, accum)
+        grad_norm = self.dist.clip_grads_(self.model, cfg.optim.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if local_counts is not None:
+            update_expert_bias(self.model, local_counts, cfg.balance.bias_update_rate)
+        st.step += 1
+        tokens = global_batch * cfg.batch.seq_len
+        st.tokens += tokens
+        seconds = time.perf_counter() - t0
+        record = {
+            "step": st.step,
+            "tokens": st.tokens,
+            "loss": ce,
+            **parts,
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "global_batch": global_batch,
+            "tokens_per_s": tokens / seconds,
+            "mfu": self._mfu(tokens / seconds),
         }
         if counts is not None:
             record.update(load_metrics(counts))
