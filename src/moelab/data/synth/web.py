@@ -431,4 +431,30 @@ def _write_pipeline_yaml(out: Path, gen: _Generator) -> None:
         "line_dedup:\n"
         f"  max_occurrences: {cap}   # dots: 200; scaled to the crawl's size below 10,000 pages\n"
     )
+    if gen.cfg.labelled_pages > 0:
+        text += _stage3_yaml(out.resolve())
     (out / "pipeline.yaml").write_text(text)
+
+
+def _stage3_yaml(out: Path) -> str:
+    """Commented stage-3 section: train on the labelled split, then uncomment."""
+    lines = ["# stage 3: train the models on the labelled split, then uncomment the section below"]
+    for name, field, kind in (
+        ("page_type", "page_type", "document"),
+        ("quality", "quality", "document"),
+        ("category", "category", "document"),
+        ("clutter", "clutter_lines", "clutter"),
+    ):
+        lines.append(
+            f"#   moelab data train-classifier docs={out}/labelled/{name}.jsonl "
+            f"out_dir={out}/models/{name} label_field={field} kind={kind}"
+        )
+    lines += [
+        "# stage3:",
+        f"#   page_type: {{enabled: true, model: {out}/models/page_type}}",
+        f"#   clutter: {{enabled: true, model: {out}/models/clutter}}",
+        f"#   quality: {{enabled: true, model: {out}/models/quality}}",
+        f"#   category: {{enabled: true, model: {out}/models/category, "
+        "weights: {reference: 0.3, files: 0.17, networking: 0.15, numbers: 0.13, text: 0.1, zh: 0.15}}",
+    ]
+    return "\n".join(lines) + "\n"
