@@ -61,7 +61,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (
         len(dots["routing"]["checkpoints"]) >= 3
     )  # intermediate checkpoints were kept and analysed
-    assert Path(dots["routing"]["report"]).is_file()
+    report = Path(dots["routing"]["report"]).read_text()
+    assert "08_page_type" in report and "12_rebalance" in report  # stage 3 in the report's funnel
     assert dots["evaluation"]["model"]["perplexity"] > 1
     assert dots["export"]["moelab_reload_max_abs_diff"] == 0.0
     assert dots["export"]["transformers_max_abs_diff"] < 1e-4
