@@ -115,6 +115,8 @@ def test_funnel_records_every_stage3_decision(setup, run) -> None:
     assert funnel["03_clutter"].counters["clutter_lines_removed"] > 0
     assert any(r.startswith("quality<") for r in funnel["04_quality_model"].dropped)
     rb = funnel["06_rebalance"]
+    out = {k[4:]: v for k, v in rb.counters.items() if k.startswith("out:")}
+    assert sum(out.values()) == rb.docs_out and out["reference"] > 0  # mixture in the funnel
     assert rb.docs_out == rb.docs_in - sum(rb.dropped.values()) + rb.counters["copies_added"]
     for doc in _docs(run):  # kept documents carry every step's decision
         assert doc.metadata["page_type"]["kept"] and doc.metadata["quality"]["kept"]

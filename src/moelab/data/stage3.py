@@ -113,9 +113,11 @@ class _EmitCopies(Step):
         from moelab.classify.rebalance import category_of
 
         for i, doc in enumerate(docs):
-            k = self.copies[i]
+            k, cat = self.copies[i], category_of(doc, self.field)
+            ctx.stats.counters[f"in:{cat}"] += 1  # the funnel shows the mixture before/after
+            ctx.stats.counters[f"out:{cat}"] += k
             if k == 0:
-                ctx.drop(doc, f"rebalance:downsampled:{category_of(doc, self.field)}")
+                ctx.drop(doc, f"rebalance:downsampled:{cat}")
                 continue
             ctx.stats.counters["copies_added"] += k - 1
             for c in range(k):
