@@ -96,6 +96,9 @@ def test_stage3_steps_follow_stage2_only_when_configured(setup, tmp_path) -> Non
         "category",
         "rebalance",
     ]
+    with_semantic = _cfg(setup, tmp_path / "b", semantic={"enabled": True})
+    names = [n for n, _ in build_steps(with_semantic)]  # before rebalancing, which copies
+    assert names[-3:] == ["semantic_dedup", "category", "rebalance"]
     plain = DataConfig.from_dict({"input": {"paths": ["x"]}})
     assert [n for n, _ in build_steps(plain)][-1] == "minhash"
 
