@@ -61,10 +61,18 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (
         len(dots["routing"]["checkpoints"]) >= 3
     )  # intermediate checkpoints were kept and analysed
-    assert Path(dots["routing"]["report"]).is_file()
+    report = Path(dots["routing"]["report"]).read_text()
+    assert "08_page_type" in report and "12_rebalance" in report  # stage 3 in the report's funnel
     assert dots["evaluation"]["model"]["perplexity"] > 1
     assert dots["export"]["moelab_reload_max_abs_diff"] == 0.0
     assert dots["export"]["transformers_max_abs_diff"] < 1e-4
+    stage3 = summary["stage3"]  # classifiers trained on the labelled split, chained after stage 2
+    f1 = stage3["classifiers"]["clutter_line_f1"]
+    assert f1["learned"]["f1"] >= f1["heuristic"]["f1"] + 5
+    assert stage3["page_type"]["removed"] > 0 and stage3["page_type"]["precision"] >= 0.75
+    assert stage3["missing_categories"] == []
+    for c, target in stage3["mixture_target_pct"].items():
+        assert abs(stage3["mixture_predicted_pct"].get(c, 0.0) - target) <= 1.0 + 100 / 80, c
     assert (tmp_path / "data" / "docs").is_dir() and (
         tmp_path / "tokens" / "train" / "meta.json"
     ).exists()

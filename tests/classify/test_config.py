@@ -34,9 +34,19 @@ def test_build_loads_models_in_pipeline_order(tmp_path: Path) -> None:
             "category": {"enabled": True, "model": str(tmp_path / "pt"), "weights": {"detail": 1}},
         }
     )
-    names = [step.name for step in cfg.build()]
-    assert names == ["page_type", "clutter", "semantic_dedup", "category"]
-    assert isinstance(cfg.build()[1], ClutterStep)
+    built = cfg.build()
+    assert [name for name, _ in built] == ["page_type", "clutter", "semantic_dedup", "category"]
+    assert [step.name for _, step in built] == [
+        "page_type",
+        "clutter",
+        "semantic_dedup",
+        "category",
+    ]
+    assert isinstance(built[1][1], ClutterStep)
+    # classifiers load on first use; their labels are known at once (for keep-label checks)
+    page_type = built[0][1].classifier
+    assert page_type.labels == labels and page_type._model is None
+    assert page_type.predict_proba(["watch video 3:20"]).shape == (1, len(labels))
 
 
 @pytest.mark.parametrize(

@@ -134,3 +134,43 @@ def test_document_mask_blocks_attention_across_documents() -> None:
     np.testing.assert_array_equal(
         packing.document_causal_mask(torch.from_numpy(seg)).numpy()[0], mask
     )
+
+
+def test_bos_aligned_rows_start_at_document_starts_and_crop_the_rest(shards: Path) -> None:
+    loader = TokenLoader(shards, seq_len=16, batch_size=4, seed=3, packing="bos_aligned")
+    ends = loader.reader.doc_ends
+    doc_starts = set(np.concatenate([[0], ends[:-1]]).tolist())
+    starts = packing.bos_aligned_starts(ends, 16)
+    assert set(starts.tolist()) <= doc_starts and len(starts) == loader.num_rows
+    assert (np.diff(starts) >= 16).all()  # rows never share a target token
+    # the skipped gap before each next row is only the cropped tail of one document
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        between = [s for s in doc_starts if a + 16 <= s < b]
+        assert between == []
+    for batch in _batches(loader, loader.batches_per_epoch):
+        assert (batch.position_ids[:, 0] == 0).all() and (batch.segment_ids[:, 0] == 0).all()
+        # documents in these shards count 1, 2, 3, ...: a row starts with token 1
+        assert (batch.inputs[:, 0] == 1).all()
+        np.testing.assert_array_equal(batch.inputs[:, 1:], batch.targets[:, :-1])
+    concat = TokenLoader(shards, seq_len=16, batch_size=4, seed=3)
+    assert concat.packing == "concat" and concat.num_rows > loader.num_rows  # default unchanged
+    assert (np.asarray([b.inputs[:, 0] for b in _batches(concat, 5)]) != 1).any()
+
+
+def test_bos_aligned_hand_computed_and_resume(shards: Path) -> None:
+    # documents of 3, 10, 2, 6 tokens: starts 0, 3, 13, 15; rows of 4+1 tokens
+    assert packing.bos_aligned_starts(np.array([3, 13, 15, 21]), 4).tolist() == [0, 13]
+    assert packing.bos_aligned_starts(np.array([3, 13, 15, 21]), 2).tolist() == [0, 3, 13, 15]
+    kwargs = {"seq_len": 16, "batch_size": 2, "seed": 5, "packing": "bos_aligned"}
+    first = TokenLoader(shards, **kwargs)
+    straight = _batches(TokenLoader(shards, **kwargs), 8)
+    _batches(first, 3)
+    resumed = TokenLoader(shards, **kwargs)
+    resumed.load_state_dict(first.state_dict())
+    for want, got in zip(straight[3:], _batches(resumed, 5), strict=True):
+        np.testing.assert_array_equal(want.inputs, got.inputs)
+    with pytest.raises(ValueError, match="packing"):
+        TokenLoader(shards, seq_len=16, batch_size=2, seed=5).load_state_dict(first.state_dict())
+    old = TokenLoader(shards, seq_len=16, batch_size=2, seed=5).state_dict()
+    del old["packing"]  # a state saved before the option existed resumes as concat
+    TokenLoader(shards, seq_len=16, batch_size=2, seed=5).load_state_dict(old)

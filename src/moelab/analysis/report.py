@@ -108,8 +108,10 @@ def _funnel_table(funnel: list[dict]) -> str:
         reasons = ", ".join(
             f"{k} {v:,}" for k, v in sorted(f.get("dropped", {}).items(), key=lambda kv: -kv[1])
         )
-        rows.append([f["step"], f"{f['docs_in']:,}", f"{f['docs_out']:,}", kept, reasons])
-    return _table(["step", "docs in", "docs out", "kept", "dropped because"], rows, (0, 4))
+        notes = ", ".join(f"{k} {v:,}" for k, v in sorted(f.get("counters", {}).items()))
+        rows.append([f["step"], f"{f['docs_in']:,}", f"{f['docs_out']:,}", kept, reasons, notes])
+    header = ["step", "docs in", "docs out", "kept", "dropped because", "changes"]
+    return _table(header, rows, (0, 4, 5))
 
 
 def _section(title: str, body: str) -> str:

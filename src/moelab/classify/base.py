@@ -78,6 +78,40 @@ class TransformersClassifier:
         return np.concatenate(out)
 
 
+def classifier_labels(directory: str | Path) -> list[str]:
+    """The labels of a saved classifier, read from its metadata without loading weights."""
+    import json
+
+    directory = Path(directory)
+    if (directory / "classifier.json").is_file():
+        return list(json.loads((directory / "classifier.json").read_text())["labels"])
+    if (directory / "config.json").is_file():
+        id2label = json.loads((directory / "config.json").read_text()).get("id2label") or {}
+        return [id2label[k] for k in sorted(id2label, key=int)]
+    raise FileNotFoundError(
+        f"{directory} holds neither classifier.json (ngram) nor config.json (transformers)"
+    )
+
+
+class LazyClassifier:
+    """A saved classifier whose weights load on the first ``predict_proba``.
+
+    The data runner builds its steps in the parent process and again in every worker; only the
+    workers that classify should pay for (and hold GPU memory for) the model. ``labels`` are
+    known at once, so a step can check its keep-labels before anything runs.
+    """
+
+    def __init__(self, directory: str | Path, **kwargs: Any):
+        self.directory, self.kwargs = Path(directory), kwargs
+        self.labels = classifier_labels(self.directory)
+        self._model: Classifier | None = None
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if self._model is None:
+            self._model = load_classifier(self.directory, **self.kwargs)
+        return self._model.predict_proba(texts)
+
+
 def load_classifier(directory: str | Path, **kwargs: Any) -> Classifier:
     """An ngram classifier (``classifier.json``) or a transformers model (``config.json``)."""
     directory = Path(directory)

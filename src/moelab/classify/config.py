@@ -1,10 +1,12 @@
 """Typed config of stage 3 and ``build()``: which model-based steps run, with which models.
 
 Every step is off until enabled, because each needs a trained model (``train-classifier``) or,
-for clutter, at least the heuristic. ``Stage3Config.build()`` returns the document steps in the
-order dots.llm1 implies: page type → clutter → quality → semantic dedup → category tagging.
-Rebalancing needs every document's category first, so it is a separate pass
-(``moelab.classify.rebalance.rebalance`` with ``category.weights``).
+for clutter, at least the heuristic. ``Stage3Config.build()`` returns the named document steps
+in the order of dots.llm1's appendix C.3: page type → clutter → quality model → semantic dedup
+→ category tagging. Semantic dedup comes before rebalancing on purpose: rebalancing copies
+documents, and a dedup after it would undo the upsampling. Rebalancing needs every document's
+category first, so the data runner runs it as a corpus-wide pass (``moelab.data.stage3``) when
+``category.weights`` is set; ``moelab.classify.rebalance.rebalance`` does the same in memory.
 
 What this module does not know: how the data runner chains, shards or writes the steps.
 """
@@ -35,10 +37,10 @@ class ClassifierStepConfig(Config):
             raise ConfigError(_at(path, "batch_size"), f"must be >= 1, got {self.batch_size}")
 
     def load(self) -> Any:
-        """The classifier (batch_size applies to the transformers backend)."""
-        from moelab.classify.base import load_classifier
+        """The classifier, loaded on first use (batch_size applies to the transformers backend)."""
+        from moelab.classify.base import LazyClassifier
 
-        return load_classifier(self.model, batch_size=self.batch_size)
+        return LazyClassifier(self.model, batch_size=self.batch_size)
 
 
 @dataclass
@@ -114,30 +116,31 @@ class Stage3Config(Config):
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     category: CategoryConfig = field(default_factory=CategoryConfig)
 
-    def build(self) -> list[Any]:
-        """The enabled steps, in pipeline order; models are loaded here."""
+    def build(self) -> list[tuple[str, Any]]:
+        """``(name, step)`` of the enabled steps, in pipeline order (classifiers load lazily)."""
         from moelab.classify import clutter, semantic, steps
         from moelab.classify.ngram import NgramClassifier
 
-        out: list[Any] = []
+        out: list[tuple[str, Any]] = []
         if self.page_type.enabled:
-            out.append(steps.page_type_step(self.page_type.load(), keep=self.page_type.keep))
+            pt = self.page_type
+            out.append(("page_type", steps.page_type_step(pt.load(), keep=pt.keep)))
         if self.clutter.enabled:
             scorer: Any = clutter.HeuristicLineScorer()
             if self.clutter.model:
                 scorer = clutter.LearnedLineScorer(NgramClassifier.load(self.clutter.model))
-            out.append(
-                clutter.ClutterStep(scorer, self.clutter.threshold, self.clutter.max_removed)
-            )
+            step = clutter.ClutterStep(scorer, self.clutter.threshold, self.clutter.max_removed)
+            out.append(("clutter", step))
         if self.quality.enabled:
             q = self.quality
-            out.append(steps.quality_step(q.load(), q.good_label, q.threshold))
+            out.append(("quality_model", steps.quality_step(q.load(), q.good_label, q.threshold)))
         if self.semantic.enabled:
             s = self.semantic
             embedder = semantic.TransformersEmbedder(s.embedder) if s.embedder else None
-            out.append(
-                semantic.SemanticDedupStep(embedder, s.threshold, s.docs_per_cluster, s.seed, True)
+            step = semantic.SemanticDedupStep(
+                embedder, s.threshold, s.docs_per_cluster, s.seed, True
             )
+            out.append(("semantic_dedup", step))
         if self.category.enabled:
-            out.append(steps.category_step(self.category.load()))
+            out.append(("category", steps.category_step(self.category.load())))
         return out

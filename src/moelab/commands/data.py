@@ -1,8 +1,8 @@
-"""`moelab data {run,stats,synth,eval}`: the web data pipeline (stages 1 and 2 of dots.llm1).
+"""`moelab data {run,stats,synth,eval}`: the web data pipeline (stages 1–3 of dots.llm1).
 
     moelab data run CONFIG.yaml [key=value ...] [--executor local|ray] [--workers N]
     moelab data stats RUN_DIR [--json]
-    moelab data synth OUT --pages N --seed S
+    moelab data synth OUT --pages N --seed S [--labelled N]
     moelab data eval RUN_DIR --truth OUT/truth.jsonl [--json]
     moelab data train-classifier [CONFIG.yaml] docs=LABELLED out_dir=MODEL   (stage 3)
     moelab data tokenize [CONFIG.yaml] docs_dir=DOCS out_dir=SHARDS tokenizer=TOK   (= moelab tokens tokenize)
@@ -46,17 +46,32 @@ def _synth(args: argparse.Namespace) -> int:
     from moelab.data.synth.web import SynthConfig, write_synthetic_web
 
     summary = write_synthetic_web(
-        args.out, SynthConfig(pages=args.pages, seed=args.seed, files=args.files)
+        args.out,
+        SynthConfig(
+            pages=args.pages, seed=args.seed, files=args.files, labelled_pages=args.labelled
+        ),
     )
     print(json.dumps(summary, indent=1))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from moelab.data.synth.evaluate import evaluate_run, format_report
+    from moelab.data.synth.evaluate import evaluate_run, evaluate_stage3, format_report
 
     report = evaluate_run(args.run_dir, args.truth)
-    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    stage3 = evaluate_stage3(args.run_dir, args.truth)
+    if args.json:
+        print(json.dumps(report | ({"stage3": stage3} if stage3 else {}), indent=1))
+        return 0
+    print(format_report(report))
+    for step, r in stage3.items():
+        if step.startswith("mixture"):
+            print(f"stage 3 {step}: {r}")
+        else:
+            print(
+                f"stage 3 {step}: removed {r['removed']}, precision {r['precision']}, "
+                f"recall {r['recall']} (of {r['expected']} that reached it)"
+            )
     return 0
 
 
@@ -81,6 +96,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--pages", type=int, default=1000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--files", type=int, default=4, help="number of WARC files (shards)")
+    synth.add_argument(
+        "--labelled",
+        type=int,
+        default=0,
+        help="pages of a separate labelled split for stage 3 (OUT/labelled/*.jsonl)",
+    )
     synth.set_defaults(func=_synth)
 
     ev = sub.add_parser("eval", help="score a run on a synthetic crawl against its ground truth")

@@ -1,14 +1,16 @@
 """`moelab demo`: the main job on the embedded default, offline, in minutes on a CPU.
 
-    synthetic web (WARC) → data stages 1–2 → BPE tokenizer → token shards → a tiny
+    synthetic web (WARC + a labelled split) → stage-3 classifiers trained on the labelled split
+    → data stages 1–3 → BPE tokenizer → token shards → a tiny
     dots.llm1-style MoE trained with intermediate checkpoints → greedy generation through the
     KV cache → held-out perplexity against a unigram baseline → OLMoE-style routing analysis
     across the checkpoints (an HTML report) → Hugging Face export reloaded by transformers
 
 Every stage writes its own folder under ``--out`` (the same folders the stage commands write),
 so each can be inspected or re-run alone. ``--olmoe`` trains a tiny OLMoE-style model beside
-the dots one on the same shards. The model-based data stage (classify/) is not in the chain
-yet: the synthetic web does not label pages for its classifiers.
+the dots one on the same shards. Stage 3's classifiers (page type, quality, category, clutter
+lines) are trained here, with ``moelab data train-classifier``'s code, on the synthetic web's
+labelled split (other pages than the crawl); no weights are shipped.
 """
 
 from __future__ import annotations
@@ -24,15 +26,77 @@ def _banner(i: int, n: int, text: str) -> None:
     print(f"\n[{i}/{n}] {text}", flush=True)
 
 
-def _data(out: Path, pages: int, seed: int) -> Path:
-    from moelab.data.config import DataConfig
-    from moelab.data.funnel import format_funnel, load_funnel
-    from moelab.data.runner import run_pipeline
+TARGET_MIXTURE = {
+    "reference": 0.30,
+    "files": 0.17,
+    "networking": 0.15,
+    "numbers": 0.13,
+    "text": 0.10,
+    "zh": 0.15,
+}
+"""Category weights of the rebalanced corpus (the crawl has 40/20/17/15/8 % of its English
+articles in reference/files/networking/numbers/text, and Chinese pages besides)."""
+_CLASSIFIERS = {  # name → (labelled file, label field, kind)
+    "page_type": ("page_type", "page_type", "document"),
+    "quality": ("quality", "quality", "document"),
+    "category": ("category", "category", "document"),
+    "clutter": ("clutter", "clutter_lines", "clutter"),
+}
+
+
+def _web(out: Path, pages: int, seed: int) -> Path:
     from moelab.data.synth.web import SynthConfig, write_synthetic_web
 
     web = out / "web"
-    if not (web / "truth.jsonl").exists():
-        write_synthetic_web(web, SynthConfig(pages=pages, seed=seed, files=2))
+    if not (web / "labelled" / "summary.json").exists():
+        cfg = SynthConfig(pages=pages, seed=seed, files=2, labelled_pages=max(400, pages))
+        summary = write_synthetic_web(web, cfg)
+        print(f"  crawl: {summary['pages']} pages; labelled split: {summary['labelled']}")
+    return web
+
+
+def _classifiers(out: Path, web: Path) -> dict:
+    """Train (or reuse) the four stage-3 models on the labelled split; held-out scores."""
+    from moelab.classify.train import TrainClassifierConfig, train_classifier
+
+    reports = {}
+    for name, (file, field, kind) in _CLASSIFIERS.items():
+        model_dir = out / "classifiers" / name
+        if (model_dir / "report.json").exists():  # a rerun resumes: keep the models
+            reports[name] = json.loads((model_dir / "report.json").read_text())
+        else:
+            cfg = TrainClassifierConfig(
+                docs=str(web / "labelled" / f"{file}.jsonl"),
+                out_dir=str(model_dir),
+                kind=kind,
+                label_field=field,
+                holdout_fraction=0.2,
+            )
+            reports[name] = train_classifier(cfg)
+    summary: dict[str, Any] = {}
+    for name, r in reports.items():
+        if "heldout" in r:
+            summary[name] = {"heldout_accuracy": round(r["heldout"]["accuracy"], 2)}
+            print(
+                f"  {name}: labels {r['labels']}, {r['train_docs']} training docs, "
+                f"held-out accuracy {r['heldout']['accuracy']:.1f}%"
+            )
+    f1 = reports["clutter"]["heldout_line_f1"]
+    summary["clutter_line_f1"] = {k: {m: round(v, 2) for m, v in f1[k].items()} for k in f1}
+    print(f"  clutter lines, held-out ({reports['clutter']['heldout_docs']} pages):")
+    print(f"    {'scorer':<12}{'precision':>10}{'recall':>8}{'F1':>8}")
+    for k in ("learned", "heuristic"):
+        print(f"    {k:<12}{f1[k]['precision']:>10.1f}{f1[k]['recall']:>8.1f}{f1[k]['f1']:>8.1f}")
+    return summary
+
+
+def _data(out: Path, web: Path, seed: int) -> tuple[Path, dict]:
+    from moelab.data.config import DataConfig
+    from moelab.data.funnel import format_funnel, load_funnel
+    from moelab.data.runner import run_pipeline
+    from moelab.data.synth.evaluate import evaluate_stage3
+
+    models = out / "classifiers"
     cfg = DataConfig.from_dict(
         {
             "input": {"paths": [str(web / "warc")]},
@@ -40,11 +104,42 @@ def _data(out: Path, pages: int, seed: int) -> Path:
             "workers": 2,
             "url_filter": {"domains_files": [str(web / "blocklist" / "domains.txt")]},
             "line_dedup": {"max_occurrences": 20},
+            "stage3": {
+                "page_type": {"enabled": True, "model": str(models / "page_type")},
+                "clutter": {"enabled": True, "model": str(models / "clutter")},
+                "quality": {"enabled": True, "model": str(models / "quality")},
+                "category": {
+                    "enabled": True,
+                    "model": str(models / "category"),
+                    "weights": TARGET_MIXTURE,
+                    "seed": seed,
+                },
+            },
         }
     )
     run_dir = Path(run_pipeline(cfg))
     print(format_funnel(load_funnel(run_dir)))
-    return run_dir / "docs"
+    stage3 = evaluate_stage3(run_dir, web / "truth.jsonl")
+    plan = json.loads(next(run_dir.glob("work/*_rebalance/plan.json")).read_text())
+    stage3["mixture_target_pct"] = plan["target_pct"]
+    stage3["mixture_before_pct"] = plan["before_pct"]
+    stage3["missing_categories"] = plan["missing_categories"]
+    for step in ("page_type", "quality_model"):
+        r = stage3.get(step, {})
+        print(
+            f"  {step} vs the crawl's gold: removed {r.get('removed')}, precision "
+            f"{r.get('precision')}, recall {r.get('recall')} (of {r.get('expected')} that reached it)"
+        )
+    print(f"  {'category':<12}{'before':>8}{'target':>8}{'achieved':>10}{'by gold':>9}   (%)")
+    for c in sorted(set(plan["target_pct"]) | set(plan["before_pct"])):
+        row = [
+            plan["before_pct"].get(c, 0.0),
+            plan["target_pct"].get(c, 0.0),
+            stage3["mixture_predicted_pct"].get(c, 0.0),
+            stage3["mixture_gold_pct"].get(c, 0.0),
+        ]
+        print(f"  {c:<12}{row[0]:>8.1f}{row[1]:>8.1f}{row[2]:>10.1f}{row[3]:>9.1f}")
+    return run_dir / "docs", stage3
 
 
 def _tokens(out: Path, docs: Path, vocab_size: int) -> tuple[Path, Any]:
@@ -248,7 +343,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     presets = ["tiny-dots"] + (["tiny-olmoe"] if args.olmoe else [])
-    n = 8
+    n = 10
     timings: dict[str, float] = {}
 
     def timed(key: str, fn, *fn_args):
@@ -258,28 +353,33 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"  ({timings[key]} s)")
         return result
 
-    _banner(1, n, f"synthetic web ({args.pages} pages) → data stages 1–2 (dots.llm1 recipe)")
-    docs = timed("data", _data, out, args.pages, args.seed)
-    _banner(2, n, "tokenizer and token shards")
+    _banner(1, n, f"synthetic web ({args.pages} pages) and its labelled split")
+    web = timed("web", _web, out, args.pages, args.seed)
+    _banner(2, n, "stage-3 classifiers trained on the labelled split (no shipped weights)")
+    classifiers = timed("classifiers", _classifiers, out, web)
+    _banner(3, n, "data stages 1–3 (dots.llm1 recipe), stage 3 scored against the gold")
+    docs, stage3 = timed("data", _data, out, web, args.seed)
+    _banner(4, n, "tokenizer and token shards")
     shards, tokenizer = timed("tokens", _tokens, out, docs, args.vocab_size)
     summary: dict[str, Any] = {
         "docs": str(docs),
         "shards": str(shards),
+        "stage3": {"classifiers": classifiers, **stage3},
         "models": {},
         "timings": timings,
     }
     for preset in presets:
-        _banner(3, n, f"train {preset} with intermediate checkpoints")
+        _banner(5, n, f"train {preset} with intermediate checkpoints")
         run_dir, result = timed(f"train_{preset}", _train, out, preset, shards, tokenizer, args)
-        _banner(4, n, f"generate from {run_dir.name} (greedy, KV cache)")
+        _banner(6, n, f"generate from {run_dir.name} (greedy, KV cache)")
         gen = timed(
             f"generate_{preset}", _generate, run_dir, tokenizer, args.prompt, args.new_tokens
         )
-        _banner(5, n, "perplexity and bits per byte on the held-out split")
+        _banner(7, n, "perplexity and bits per byte on the held-out split")
         evaluation = timed(f"perplexity_{preset}", _evaluate, run_dir, out, tokenizer, 128)
-        _banner(6, n, "routing analysis across the intermediate checkpoints (OLMoE-style)")
+        _banner(8, n, "routing analysis across the intermediate checkpoints (OLMoE-style)")
         routing = timed(f"analysis_{preset}", _analysis, run_dir, out, shards, preset)
-        _banner(7, n, "export to the Hugging Face layout and reload")
+        _banner(9, n, "export to the Hugging Face layout and reload")
         export = timed(f"export_{preset}", _export, run_dir, out / preset, shards)
         summary["models"][preset] = {
             "run_dir": str(run_dir),
@@ -293,7 +393,7 @@ def run_demo(args: argparse.Namespace) -> int:
         }
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    _banner(8, n, f"done in {summary['seconds']} s; summary in {out / 'demo.json'}")
+    _banner(10, n, f"done in {summary['seconds']} s; summary in {out / 'demo.json'}")
     _print_artifacts(out, summary)
     ok = all(
         m["loss_last"] < m["loss_first"] and m["generation"]["cache_matches_recompute"]
@@ -304,7 +404,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _print_artifacts(out: Path, summary: dict) -> None:
     print(f"  stage timings (s): {json.dumps(summary['timings'])}")
-    print(f"  web crawl + truth   {out / 'web'}")
+    print(f"  web crawl + truth   {out / 'web'}   (labelled split: {out / 'web' / 'labelled'})")
+    print(f"  stage-3 classifiers {out / 'classifiers'}")
     print(f"  documents + funnel  {out / 'data'}   (moelab data stats {out / 'data'})")
     print(f"  tokenizer, shards   {out / 'tokenizer'}, {out / 'tokens'}")
     for preset, m in summary["models"].items():

@@ -1,7 +1,9 @@
 """`DataConfig`: the YAML pipeline of `moelab data run`, with the dots.llm1 recipe as defaults.
 
 The recipe has a fixed order (dots App. C): read → URL filter → extraction → language ID → exact
-dedup (stage 1) → line dedup → heuristic quality rules → MinHash-LSH (stage 2). Each step has an
+dedup (stage 1) → line dedup → heuristic quality rules → MinHash-LSH (stage 2) → the model-based
+steps of stage 3 (``stage3``: page type → clutter → quality model → semantic dedup → category and
+rebalancing; each off until given a model, see ``moelab.classify.config``). Each step has an
 ``enabled`` switch and its thresholds; where dots gives a number it is the default, and where it
 gives none the default is the one datatrove/FineWeb use (noted per field).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from moelab.classify.config import Stage3Config
 from moelab.config import Config, ConfigError
 
 
@@ -158,6 +161,8 @@ class DataConfig(Config):
     line_dedup: LineDedupConfig = field(default_factory=LineDedupConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     minhash: MinHashConfig = field(default_factory=MinHashConfig)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+    """Model-based filtering after MinHash; every step is off until enabled with a model."""
 
     def validate(self, path: str) -> None:
         if self.workers < 1:

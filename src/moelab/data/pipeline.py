@@ -92,7 +92,9 @@ def build_steps(cfg: DataConfig) -> list[tuple[str, Step | GlobalStep]]:
         from moelab.data.dedup.minhash import MinHashDedup
 
         out.append(("minhash", MinHashDedup(cfg.minhash)))
-    return out
+    from moelab.data.stage3 import stage3_steps
+
+    return out + stage3_steps(cfg.stage3)
 
 
 def build_phases(cfg: DataConfig) -> list[Phase]:

@@ -1,5 +1,7 @@
 """The trainer's data loader: memory-mapped shards → shuffled fixed-length batches.
 
+Rows are concat-and-split (the default) or, with ``packing="bos_aligned"``, rows that each start
+at a document start (``packing.bos_aligned_starts``); either way a row is addressed by its index.
 Order is a pure function of ``(seed, epoch)``: each epoch draws a permutation of all rows from
 ``numpy.random.default_rng([seed, epoch])``. A global batch is ``batch_size * world_size``
 consecutive entries of that permutation; rank ``r`` takes the ``r``-th block of ``batch_size``.
@@ -19,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from moelab.tokens import packing
+from moelab.tokens import packing as _packing
 from moelab.tokens.shards import ShardReader
 
 STATE_VERSION = 1
@@ -35,6 +37,7 @@ _MUST_MATCH = (
     "batch_size",
     "world_size",
     "shuffle",
+    "packing",
     "num_rows",
     "tokenizer_hash",
 )
@@ -65,6 +68,8 @@ class TokenLoader:
         tokenizer_hash, vocab_size: checked against the shards before anything is read.
         as_torch: yield torch tensors instead of numpy arrays.
         max_epochs: stop after this many epochs (None: iterate forever).
+        packing: ``concat`` (rows cut from the token stream) or ``bos_aligned`` (every row
+            starts at a document start; the cropped rest of a long document is skipped).
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class TokenLoader:
         vocab_size: int | None = None,
         as_torch: bool = False,
         max_epochs: int | None = None,
+        packing: Literal["concat", "bos_aligned"] = "concat",
     ):
         if isinstance(source, ShardReader):
             self.reader = source
@@ -93,7 +99,15 @@ class TokenLoader:
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle, self.as_torch, self.max_epochs = shuffle, as_torch, max_epochs
-        self.num_rows = packing.num_rows(self.reader.num_tokens, seq_len)
+        if packing not in ("concat", "bos_aligned"):
+            raise ValueError(f"packing must be 'concat' or 'bos_aligned', got {packing!r}")
+        self.packing = packing
+        self._starts: np.ndarray | None = None
+        if packing == "bos_aligned":
+            self._starts = _packing.bos_aligned_starts(self.reader.doc_ends, seq_len)
+            self.num_rows = len(self._starts)
+        else:
+            self.num_rows = _packing.num_rows(self.reader.num_tokens, seq_len)
         self.batches_per_epoch = self.num_rows // (batch_size * world_size)
         if self.batches_per_epoch == 0:
             raise ValueError(
@@ -121,10 +135,13 @@ class TokenLoader:
     def make_batch(self, rows: np.ndarray) -> Batch:
         """Read rows from the memory map; inputs/targets are int64 (embedding index type)."""
         width = self.seq_len + 1
-        starts = packing.row_starts(rows, self.seq_len)
+        if self._starts is not None:
+            starts = self._starts[np.asarray(rows, dtype=np.int64)]
+        else:
+            starts = _packing.row_starts(rows, self.seq_len)
         data = np.stack([self.reader.read(int(s), width) for s in starts]).astype(np.int64)
-        seg = packing.segment_ids(self.reader.doc_ends, starts, self.seq_len)
-        pos = packing.position_ids(self.reader.doc_ends, starts, self.seq_len)
+        seg = _packing.segment_ids(self.reader.doc_ends, starts, self.seq_len)
+        pos = _packing.position_ids(self.reader.doc_ends, starts, self.seq_len)
         batch = Batch(data[:, :-1], data[:, 1:], seg, pos)
         return _to_torch(batch) if self.as_torch else batch
 
@@ -148,6 +165,7 @@ class TokenLoader:
             "rank": self.rank,
             "world_size": self.world_size,
             "shuffle": self.shuffle,
+            "packing": self.packing,
             "num_rows": self.num_rows,
             "tokenizer_hash": self.reader.meta.tokenizer_hash,
         }
@@ -156,9 +174,10 @@ class TokenLoader:
         """Resume at ``state``; raises if the data or the settings differ from when it was saved."""
         mine = self.state_dict()
         for key in _MUST_MATCH:
-            if state.get(key) != mine[key]:
+            saved = state.get(key, "concat" if key == "packing" else None)  # pre-packing states
+            if saved != mine[key]:
                 raise ValueError(
-                    f"loader state was saved with {key}={state.get(key)!r}, "
+                    f"loader state was saved with {key}={saved!r}, "
                     f"but this loader has {key}={mine[key]!r}; cannot resume exactly"
                 )
         if not 0 <= state["batch"] <= self.batches_per_epoch or state["epoch"] < 0:

@@ -11,8 +11,14 @@ trainer builds a block-diagonal causal mask from ``segment_ids``. A token belong
 document whose end (exclusive) is the first one above its position, so an EOS belongs to the
 document it ends. ``document_causal_mask`` turns segment ids into the (B, T, T) mask.
 
+BOS-aligned packing (``bos_aligned_starts``) is the other row layout: every row starts at a
+document start (OLMo/nanochat-style, simple variant). A row takes ``seq_len + 1`` tokens from a
+document start, across following documents if they fit, and the next row starts at the first
+document start at or after the previous row's last input; the cropped remainder of a long
+document is never trained on. No row then begins mid-document, at the cost of those tokens.
+
 What this module does not know: files, shuffling or ranks. It is pure index arithmetic on
-numpy arrays. (BOS-aligned best-fit packing is not implemented.)
+numpy arrays. (Best-fit bin packing of whole documents is not implemented.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,26 @@ def num_rows(num_tokens: int, seq_len: int) -> int:
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     return max(0, (num_tokens - 1) // seq_len)
+
+
+def bos_aligned_starts(doc_ends: np.ndarray, seq_len: int) -> np.ndarray:
+    """First token of every BOS-aligned row (int64, ascending); each is a document start.
+
+    Greedy: a row starts at document start ``s`` if ``s + seq_len + 1`` tokens exist; the next
+    row starts at the first document start ``>= s + seq_len`` (rows share no target token).
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    doc_ends = np.asarray(doc_ends, dtype=np.int64)
+    total = int(doc_ends[-1]) if len(doc_ends) else 0
+    doc_starts = np.concatenate([[0], doc_ends[:-1]]) if len(doc_ends) else doc_ends
+    out = []
+    i = 0
+    while i < len(doc_starts) and doc_starts[i] + seq_len + 1 <= total:
+        start = int(doc_starts[i])
+        out.append(start)
+        i = int(np.searchsorted(doc_starts, start + seq_len, side="left"))
+    return np.array(out, dtype=np.int64)
 
 
 def row_starts(rows: np.ndarray, seq_len: int) -> np.ndarray:

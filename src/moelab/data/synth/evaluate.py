@@ -206,3 +206,58 @@ def format_report(report: dict) -> str:
     )
     lines.append(f"odd encodings decoded correctly: {report['odd_encodings_decoded']}")
     return "\n".join(lines)
+
+
+def evaluate_stage3(run_dir: str | Path, truth_path: str | Path) -> dict:
+    """Stage 3 against the crawl's gold: page-type and quality-model precision/recall, and the
+    category mixture of the output (by the classifier's label and by the gold label).
+
+    Recall counts only the junk that reached the step (earlier steps may drop it first); a
+    drop is correct when the page's gold says it is junk for that step.
+    """
+    run = Path(run_dir)
+    truth = {
+        t["id"]: t
+        for line in Path(truth_path).read_text().splitlines()
+        if line.strip() and (t := json.loads(line)).get("id")
+    }
+    removed: dict[str, tuple[int, str]] = {}
+    for path in sorted(run.glob("removed/*/*.jsonl.gz")):
+        number, step = path.parent.name.split("_", 1)
+        for doc in read_documents(path):
+            removed[doc.id] = (int(number), step)
+    out = [d for p in sorted(run.glob("docs/*.jsonl.gz")) for d in read_documents(p)]
+    from moelab.data.funnel import load_funnel
+
+    steps = {d.split("_", 1)[1]: int(d.split("_", 1)[0]) for d, _ in load_funnel(run)}
+    report: dict = {}
+    for step, is_junk in (
+        ("page_type", lambda t: t.get("page_type") not in (None, "detail")),
+        ("quality_model", lambda t: t.get("quality") == "low"),
+    ):
+        if step not in steps:
+            continue
+        number = steps[step]
+        got = [i for i, (_, s) in removed.items() if s == step]
+        ok = sum(is_junk(truth.get(i, {})) for i in got)
+        reached = [
+            i
+            for i, t in truth.items()
+            if is_junk(t) and (i not in removed or removed[i][0] >= number)
+        ]
+        hit = sum(removed.get(i, (0, ""))[1] == step for i in reached)
+        report[step] = _pr(ok, len(got), len(reached)) | {
+            "recall": round(hit / len(reached), 4) if reached else None
+        }
+    predicted = [d.metadata["category"]["label"] for d in out if "category" in d.metadata]
+    if predicted:
+        report["mixture_predicted_pct"] = _shares(predicted)
+        report["mixture_gold_pct"] = _shares(
+            [truth[d.id].get("category") or "none" for d in out if d.id in truth]
+        )
+    return report
+
+
+def _shares(labels: list[str]) -> dict[str, float]:
+    counts = Counter(labels)
+    return {k: round(100 * v / len(labels), 2) for k, v in sorted(counts.items())}

@@ -174,3 +174,82 @@ def other_language_paragraph(rng: np.random.Generator, language: str, sentences:
         s = " ".join(words[i] for i in idx)
         out.append(s[:1].upper() + s[1:] + ".")
     return " ".join(out)
+
+
+TOPIC_MODULES: dict[str, tuple[str, ...]] = {
+    "networking": (
+        "socket",
+        "http.client",
+        "http.server",
+        "urllib.parse",
+        "urllib.request",
+        "email",
+        "smtplib",
+        "imaplib",
+        "ftplib",
+        "mailbox",
+        "selectors",
+        "ssl",
+    ),
+    "files": (
+        "pathlib",
+        "shutil",
+        "zipfile",
+        "tarfile",
+        "tempfile",
+        "gzip",
+        "glob",
+        "filecmp",
+        "sqlite3",
+        "csv",
+        "pickle",
+        "shelve",
+        "configparser",
+    ),
+    "text": (
+        "string",
+        "textwrap",
+        "re",
+        "codecs",
+        "locale",
+        "gettext",
+        "difflib",
+        "calendar",
+        "datetime",
+        "unicodedata",
+        "json",
+    ),
+    "numbers": ("math", "cmath", "decimal", "fractions", "statistics", "random", "heapq", "bisect"),
+}
+"""Topical categories of English pages: prose from the docstrings of related stdlib modules.
+A fifth, ``reference``, is the language reference manual (``pydoc_data.topics``)."""
+
+
+@functools.cache
+def topic_sentences() -> dict[str, tuple[str, ...]]:
+    """Sentences per topic; a sentence found under two topics (an inherited docstring) goes."""
+    from pydoc_data.topics import topics
+
+    pools: dict[str, list[str]] = {"reference": []}
+    for key in sorted(topics):
+        pools["reference"].extend(_sentences_from(topics[key]))
+    for topic, modules in TOPIC_MODULES.items():
+        pool = pools[topic] = []
+        for name in modules:
+            try:
+                mod = importlib.import_module(name)
+            except ImportError:
+                continue
+            docs = [mod.__doc__] + [
+                getattr(getattr(mod, a, None), "__doc__", None) for a in dir(mod)
+            ]
+            for doc in docs:
+                if isinstance(doc, str):
+                    pool.extend(_sentences_from(doc))
+    seen: dict[str, set[str]] = {}
+    for topic, pool in pools.items():
+        for s in pool:
+            seen.setdefault(s, set()).add(topic)
+    return {
+        t: tuple(dict.fromkeys(s for s in pool if len(seen[s]) == 1)) for t, pool in pools.items()
+    }

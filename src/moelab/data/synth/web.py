@@ -11,6 +11,12 @@ exact copy (case, punctuation, spacing perturbed) → exact_dedup; near copy (a 
 replaced; its body's 5-gram Jaccard to the original is in the truth) → minhash; keyword spam → quality; binary, empty, undecodable, oversized, malformed or
 truncated records → read. Every good page carries its site's byline and sign-off lines (the
 line-dedup targets).
+
+Stage-3 gold (``labels.py``): every page in the truth has ``page_type``, and articles ``quality``
+and ``category``; listing/forum/video/adult pages → page_type, word-salad articles →
+quality_model. ``clutter_lines`` lists the boilerplate lines planted inside an article (the
+site's byline and sign-off in ``lines`` are boilerplate too). ``labelled_pages > 0`` also writes a
+separate labelled split for training the stage-3 classifiers (``labelled.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moelab.data.synth import labels
 from moelab.data.synth.templates import Site, make_sites, render_nav_only, render_page
 from moelab.data.synth.text import (
     OTHER_LANGUAGES,
@@ -45,6 +52,11 @@ _MIX = {  # kind -> share of pages
     "binary": 0.004,
     "empty": 0.004,
     "undecodable": 0.003,
+    "listing": 0.02,
+    "forum": 0.02,
+    "video": 0.015,
+    "adult": 0.01,
+    "low_quality": 0.04,
 }
 
 
@@ -57,12 +69,15 @@ class SynthConfig:
     """One page this large is planted (the reader's default limit is 5,000,000 bytes)."""
     damage: bool = True
     """Plant a malformed record, a corrupt gzip member and a truncated file tail."""
+    labelled_pages: int = 0
+    """Pages of the separate labelled split for stage 3 (0: none); another seed, other pages."""
 
 
 @dataclass
 class Article:
     title: str
     paragraphs: list[str]
+    category: str = "zh"
 
 
 class _Generator:
@@ -86,14 +101,10 @@ class _Generator:
         self.counter += 1
         return f"https://{site.domain}/articles/{self.counter:07d}.html"
 
-    def en_article(self) -> Article:
-        n = int(self.rng.integers(12, 26))
-        picks = self.rng.choice(len(self.sentences), size=n, replace=False)
-        sents = [self.sentences[i] for i in picks]
-        cuts = sorted(self.rng.choice(np.arange(2, n - 1), size=min(4, n - 3), replace=False))
-        paras = [" ".join(sents[a:b]) for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
-        title = " ".join(sents[0].split()[: int(self.rng.integers(4, 9))]).rstrip(",;:")
-        return Article(title, paras)
+    def en_article(self, topic: str | None = None) -> Article:
+        topic = topic or labels.pick_category(self.rng)
+        title, paras = labels.topic_article(self.rng, topic)
+        return Article(title, paras, topic)
 
     def zh_article(self) -> Article:
         paras = [
@@ -171,10 +182,16 @@ def write_synthetic_web(out: str | Path, cfg: SynthConfig) -> dict:
         for t in truth:
             fh.write(json.dumps(t, ensure_ascii=False) + "\n")
     _write_pipeline_yaml(out, gen)
+    summary_labelled = None
+    if cfg.labelled_pages > 0:
+        from moelab.data.synth.labelled import write_labelled_split
+
+        summary_labelled = write_labelled_split(out / "labelled", cfg.labelled_pages, cfg.seed)
     kinds: dict[str, int] = {}
     for t in truth:
         kinds[t["kind"]] = kinds.get(t["kind"], 0) + 1
-    return {"out": str(out), "pages": len(truth), "files": len(files), "kinds": kinds}
+    summary = {"out": str(out), "pages": len(truth), "files": len(files), "kinds": kinds}
+    return summary | ({"labelled": summary_labelled} if summary_labelled else {})
 
 
 def _plan_pages(gen: _Generator, cfg: SynthConfig) -> tuple[list[bytes], list[dict]]:
@@ -211,18 +228,27 @@ def _good_page(gen: _Generator, zh: bool = False) -> tuple[Site, Article]:
     return site, gen.zh_article() if zh else gen.en_article()
 
 
-def _make_page(gen: _Generator, kind: str) -> tuple[bytes, dict]:
+def _make_page(gen: _Generator, kind: str, as_html: bool = False) -> tuple[bytes | str, dict]:
+    """One page as a gzipped WARC record (or, for article-like kinds, its HTML) and its truth."""
     rng = gen.rng
     rid = gen.uid()
     t: dict = {"id": rid, "kind": kind, "expected": "kept"}
     ctype, charset = "text/html; charset=utf-8", "utf-8"
     if kind in ("exact_dup", "near_dup") and not gen.good:
         kind = t["kind"] = "good_en"
+    gold = {"page_type": "detail", "quality": "high"}
     if kind in ("good_en", "good_zh"):
         site, art = _good_page(gen, kind == "good_zh")
+        planted: list[str] = []
+        if kind == "good_en" and rng.random() < 0.85:
+            paras, planted = labels.plant_clutter(
+                rng, art.paragraphs, gen.titles, art.category, site.name
+            )
+            art = Article(art.title, paras, art.category)
         gen.good.append((site, art, rid))
         gen.titles.append(art.title)
-        t.update(site=site.domain, lines=[site.head_line, site.tail_line])
+        t.update(site=site.domain, lines=[site.head_line, site.tail_line], **gold)
+        t.update(category=art.category, clutter_lines=planted)
     elif kind == "exact_dup":
         site, orig, oid = gen.good[int(rng.integers(len(gen.good)))]
         art = Article(
@@ -230,6 +256,7 @@ def _make_page(gen: _Generator, kind: str) -> tuple[bytes, dict]:
         )
         if site.lang == "zh":
             art = Article(orig.title, [p.replace("，", "、", 1) + "  " for p in orig.paragraphs])
+        t.update(gold, category=orig.category)
         t.update(
             expected="exact_dedup",
             group=oid,
@@ -242,6 +269,7 @@ def _make_page(gen: _Generator, kind: str) -> tuple[bytes, dict]:
             site, orig, oid = gen.good[int(rng.integers(len(gen.good)))]
         rate = NEAR_DUP_RATES[int(rng.integers(len(NEAR_DUP_RATES)))]
         art = Article(orig.title, [_perturb_near(p, rate, rng, gen.vocab) for p in orig.paragraphs])
+        t.update(gold, category=orig.category)
         t.update(
             expected="minhash",
             group=oid,
@@ -277,6 +305,16 @@ def _make_page(gen: _Generator, kind: str) -> tuple[bytes, dict]:
             stuffed * int(rng.integers(4, 8)),
         ]
         t.update(expected="quality")
+    elif kind in labels.JUNK_TYPES:
+        site = gen.en_sites[int(rng.integers(len(gen.en_sites)))]
+        title, paras = labels.junk_page(rng, kind, gen.titles, labels.pick_category(rng))
+        art = Article(title, paras, "")
+        t.update(expected="page_type", page_type=kind, site=site.domain)
+    elif kind == "low_quality":
+        site, art = _good_page(gen)
+        art = Article(art.title, labels.word_salad(rng, art.paragraphs), art.category)
+        t.update(gold, expected="quality_model", quality="low", category=art.category)
+        t.update(site=site.domain, lines=[site.head_line, site.tail_line])
     elif kind == "no_text":
         site = gen.en_sites[int(rng.integers(len(gen.en_sites)))]
         payload = render_nav_only(site, rng, gen.titles).encode("utf-8")
@@ -294,10 +332,12 @@ def _make_page(gen: _Generator, kind: str) -> tuple[bytes, dict]:
         rng,
         gen.titles,
         charset=charset,
-        with_repeated_lines=kind not in ("spam", "other_lang"),
+        with_repeated_lines=kind not in ("spam", "other_lang", *labels.JUNK_TYPES),
     )
     url = gen.url(site)
     t["url"] = url
+    if as_html:
+        return html, t
     return gzip.compress(http_response_record(url, rid, html.encode(charset), ctype), mtime=0), t
 
 
@@ -327,6 +367,9 @@ def _odd_encoding_page(gen: _Generator, rid: str, t: dict) -> tuple[bytes, dict]
         site=site.domain,
         lines=[site.head_line, site.tail_line],
         marker="Café society" if not zh else None,
+        page_type="detail",
+        quality="high",
+        category=art.category,
     )
     return gzip.compress(http_response_record(url, rid, payload, ctype), mtime=0), t
 
@@ -388,4 +431,30 @@ def _write_pipeline_yaml(out: Path, gen: _Generator) -> None:
         "line_dedup:\n"
         f"  max_occurrences: {cap}   # dots: 200; scaled to the crawl's size below 10,000 pages\n"
     )
+    if gen.cfg.labelled_pages > 0:
+        text += _stage3_yaml(out.resolve())
     (out / "pipeline.yaml").write_text(text)
+
+
+def _stage3_yaml(out: Path) -> str:
+    """Commented stage-3 section: train on the labelled split, then uncomment."""
+    lines = ["# stage 3: train the models on the labelled split, then uncomment the section below"]
+    for name, field, kind in (
+        ("page_type", "page_type", "document"),
+        ("quality", "quality", "document"),
+        ("category", "category", "document"),
+        ("clutter", "clutter_lines", "clutter"),
+    ):
+        lines.append(
+            f"#   moelab data train-classifier docs={out}/labelled/{name}.jsonl "
+            f"out_dir={out}/models/{name} label_field={field} kind={kind}"
+        )
+    lines += [
+        "# stage3:",
+        f"#   page_type: {{enabled: true, model: {out}/models/page_type}}",
+        f"#   clutter: {{enabled: true, model: {out}/models/clutter}}",
+        f"#   quality: {{enabled: true, model: {out}/models/quality}}",
+        f"#   category: {{enabled: true, model: {out}/models/category, "
+        "weights: {reference: 0.3, files: 0.17, networking: 0.15, numbers: 0.13, text: 0.1, zh: 0.15}}",
+    ]
+    return "\n".join(lines) + "\n"
