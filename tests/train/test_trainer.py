@@ -12,7 +12,7 @@ import time
 import pytest
 
 from moelab.checkpoint.layout import list_checkpoints, validate_checkpoint
-from moelab.train.trainer import train
+from moelab.train.trainer import Trainer, train
 
 from .conftest import tiny_config
 
@@ -58,6 +58,26 @@ def test_resume_in_process_equals_uninterrupted(tmp_path, shards):
     train(part, log=lambda *_: None, stop_at_step=7)  # not on the 5-step checkpoint cadence
     train(part, resume="auto", log=lambda *_: None)
     assert _losses(tmp_path / "a" / "run")[0] == _losses(tmp_path / "b" / "run")[0]
+
+
+def test_bos_aligned_packing_reaches_the_loader_and_resumes_exactly(tmp_path, shards):
+    def cfg(sub):
+        return tiny_config(tmp_path / sub, shards, max_steps=8, **{"data.packing": "bos_aligned"})
+
+    full = cfg("a")
+    trainer = Trainer(full, log=lambda *_: None)
+    loader = trainer.loader.loader
+    assert loader.packing == "bos_aligned"
+    doc_starts = {0, *(int(e) for e in loader.reader.doc_ends[:-1])}
+    assert loader.num_rows > 0 and set(loader._starts.tolist()) <= doc_starts
+    train(full, log=lambda *_: None)
+    part = cfg("b")
+    train(part, log=lambda *_: None, stop_at_step=3)
+    train(part, resume="auto", log=lambda *_: None)
+    assert _losses(tmp_path / "a" / "run")[0] == _losses(tmp_path / "b" / "run")[0]
+    concat = tiny_config(tmp_path / "c", shards, max_steps=8)
+    train(concat, log=lambda *_: None)
+    assert _losses(tmp_path / "c" / "run")[0] != _losses(tmp_path / "a" / "run")[0]
 
 
 def _spawn(cfg_path, *extra):

@@ -22,6 +22,9 @@ class DataConfig(Config):
     """Shuffling seed of the loader."""
     tokenizer_hash: str | None = None
     """When set, the shards must have been made with this tokenizer."""
+    packing: Literal["concat", "bos_aligned"] = "concat"
+    """Rows cut from the token stream, or rows that each start at a document start (the cut-off
+    rest of a long document is skipped): no row opens mid-document, at the cost of some tokens."""
 
 
 @dataclass

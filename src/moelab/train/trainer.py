@@ -115,6 +115,7 @@ class Trainer:
             as_torch=True,
             rank=self.dist.dp_rank,
             world_size=self.dist.dp_size,
+            packing=cfg.data.packing,
         )
         return PretrainObjective(loader)
 
