@@ -4,12 +4,15 @@ Autograd through ``index_select → mul → sum`` costs, per layer on CPU, a zer
 gradient plus a serial ``index_add`` (index_select's backward), two broadcast multiplies over
 (T, K, D), and a reduction. This Function writes the backward directly:
 
-* the expert-output gradient is ``g_t · w_tk``, formed as a batched outer product and put back
-  into sorted order with one gather (``index_select`` by ``order``): no zero fill, no scatter;
-* the routing-weight gradient ``⟨y_tk, g_t⟩`` is one ``bmm``.
+* the expert-output gradient ``g_t · w_tk`` is formed directly in sorted order: a gather of the
+  (T, D) token gradients by ``order // K`` scaled in place by the sorted weights — no zero
+  fill, no scatter, no (T, K, D) intermediate;
+* the routing-weight gradient ``⟨y_tk, g_t⟩`` is one ``vecdot``.
 
-The forward runs the reference ops unchanged, so outputs are bit-identical; gradients agree to
-fp32 rounding (the dot products sum in a different order). Used only for fp32 CPU tensors
+The forward's weighted sum is a (T, 1, K) @ (T, K, D) ``bmm``: bit-identical to the reference
+``mul`` + ``sum(dim=1)`` in our checks (the test asserts fp32-tight closeness, not bits). The
+expert-output gradient is bit-identical; the weight gradient agrees to fp32 rounding (the dot
+products sum in a different order). Used only for fp32 CPU tensors
 outside autocast (``use_cpu_kernels``); CUDA and bf16 keep the autograd path.
 tests/model/test_dispatch_cpu.py checks outputs and gradients against the reference.
 
@@ -49,11 +52,14 @@ class _Combine(torch.autograd.Function):
         grad_TD = grad_TD.contiguous()
         grad_y = grad_w = None
         if ctx.needs_input_grad[0]:
-            # (T, K, 1) @ (T, 1, D): each entry is one product w_tk * g_td, as autograd's mul.
-            grad_y_TKD = torch.bmm(weights_TK.unsqueeze(-1), grad_TD.unsqueeze(1))
-            grad_y = grad_y_TKD.view(-1, grad_TD.shape[-1]).index_select(0, order_S)
+            # Row s of the sorted gradient is g[token(s)] * w[s]: gather the token rows in sorted
+            # order and scale each by its weight, one product per entry as autograd's mul.
+            K = weights_TK.shape[1]
+            token_S = torch.div(order_S, K, rounding_mode="floor")
+            weight_S = weights_TK.reshape(-1).index_select(0, order_S)
+            grad_y = grad_TD.index_select(0, token_S).mul_(weight_S.unsqueeze(-1))
         if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(y_TKD, grad_TD.unsqueeze(-1)).squeeze(-1)
+            grad_w = torch.linalg.vecdot(y_TKD, grad_TD.unsqueeze(1))
         return grad_y, grad_w, None, None
 
 
