@@ -22,6 +22,7 @@ Shapes: S = T*K sorted assignments, T tokens, K top_k, D hidden.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 ENABLED = True
 """Switch for benchmarks and tests: False runs the reference autograd path everywhere."""
@@ -40,7 +41,8 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y_SD, weights_TK, order_S, inverse_S):
         T, K = weights_TK.shape
-        y_TKD = y_SD.index_select(0, inverse_S).view(T, K, -1)
+        # F.embedding is ATen's fastest row gather on CPU (~1.5-2x index_select, 1 thread).
+        y_TKD = F.embedding(inverse_S, y_SD).view(T, K, -1)
         # (T, 1, K) @ (T, K, D): no (T, K, D) product tensor, no separate reduction.
         out_TD = torch.bmm(weights_TK.unsqueeze(1), y_TKD).squeeze(1)
         ctx.save_for_backward(y_TKD, weights_TK, order_S)
@@ -57,7 +59,7 @@ class _Combine(torch.autograd.Function):
             K = weights_TK.shape[1]
             token_S = torch.div(order_S, K, rounding_mode="floor")
             weight_S = weights_TK.reshape(-1).index_select(0, order_S)
-            grad_y = grad_TD.index_select(0, token_S).mul_(weight_S.unsqueeze(-1))
+            grad_y = F.embedding(token_S, grad_TD).mul_(weight_S.unsqueeze(-1))
         if ctx.needs_input_grad[1]:
             grad_w = torch.linalg.vecdot(y_TKD, grad_TD.unsqueeze(1))
         return grad_y, grad_w, None, None
