@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from moelab.model import dispatch_cpu
+
 
 @dataclass
 class DispatchState:
@@ -58,6 +60,8 @@ class LocalDispatcher:
 
     def combine(self, y_SD: torch.Tensor, state: DispatchState) -> torch.Tensor:
         """Weighted sum over each token's K expert outputs, in the original token order."""
+        if dispatch_cpu.use_cpu_kernels(y_SD, state.weights_TK):
+            return dispatch_cpu.combine(y_SD, state.weights_TK, state.order_S, state.inverse_S)
         y_TKD = y_SD.index_select(0, state.inverse_S).view(state.num_tokens, state.top_k, -1)
         return weighted_sum(y_TKD, state.weights_TK, state.out_dtype)
 

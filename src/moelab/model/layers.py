@@ -63,9 +63,43 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, heads, T, d); cos/sin: (B, T, d)."""
+    """x: (B, heads, T, d); cos/sin: (B, T, d). Bit-identical to ``x·cos + rotate_half(x)·sin``."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + rotate_half(x) * sin
+    if cos.requires_grad or sin.requires_grad:
+        return x * cos + rotate_half(x) * sin
+    return _Rotary.apply(x, cos, sin)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """x·cos + sign · rotate_half(x)·sin without the neg/cat copies (sign -1: the transpose)."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    lo, hi = out[..., :half], out[..., half:]
+    x_lo, x_hi = x[..., :half], x[..., half:]
+    # a + (-b)·s == a - b·s exactly in IEEE arithmetic, so each element rounds as the reference.
+    if sign > 0:
+        lo.sub_(x_hi * sin[..., :half])
+        hi.add_(x_lo * sin[..., half:])
+    else:
+        lo.add_(x_hi * sin[..., half:])
+        hi.sub_(x_lo * sin[..., :half])
+    return out
+
+
+class _Rotary(torch.autograd.Function):
+    """RoPE with a hand-written backward: autograd through neg/cat/slices zero-fills and copies
+    full-size buffers; the gradient is the transposed rotation, ``g·cos + rotate_halfᵀ(g·sin)``,
+    with the same per-element products, hence bit-identical to autograd's."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotary(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotary(grad, cos, sin, -1.0), None, None
 
 
 class SwiGLU(nn.Module):
