@@ -63,6 +63,31 @@ def test_language_filter_keeps_en_zh_and_names_the_reason():
     assert [d.id for d in kept] == ["fr"]
 
 
+def test_language_batches_give_the_same_verdicts_in_order_as_one_at_a_time():
+    rng = np.random.default_rng(1)
+    docs = [
+        Document(f"{kind}{i}", text)
+        for i in range(3)
+        for kind, text in (
+            ("en", _prose(seed=i)),
+            ("fr", other_language_paragraph(rng, "French", 4)),
+            ("zh", chinese_paragraph(rng, 4)),
+            ("junk", f"qz{i} xv{i} 99{i} !!"),
+        )
+    ]
+    one = LanguageFilter(batch_size=1)
+    singles = [(d.id, one.filter(Document(d.id, d.text))) for d in docs]
+    for size in (1, 5, 64):
+        kept, dropped = _run(
+            LanguageFilter(batch_size=size), [Document(d.id, d.text) for d in docs]
+        )
+        assert [d.id for d in kept] == [i for i, v in singles if v is True]
+        assert dropped == {i: v[1] for i, v in singles if v is not True}
+    assert {r for _, r in dropped.items()} == {"language_not_kept", "low_confidence"}
+    with pytest.raises(ValueError, match="batch_size"):
+        LanguageFilter(batch_size=0)
+
+
 def test_extract_keeps_the_article_and_drops_navigation():
     body = _prose()
     html = (

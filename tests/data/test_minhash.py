@@ -29,8 +29,6 @@ def test_numpy_minhash_is_bit_exact_against_python_integers():
     shingles = np.r_[shingles, np.array(edges, dtype=np.uint64)]
     mh.a[:3] = [MERSENNE_61 - 1, 1, 2**60]
     mh.b[:3] = [MERSENNE_61 - 1, 0, 1]
-    mh._a1, mh._a0 = (mh.a >> np.uint64(31))[None, :], (mh.a & np.uint64(2**31 - 1))[None, :]
-    mh._b = mh.b[None, :]
     table = [
         [
             (int(a) * (int(x) % MERSENNE_61) + int(b)) % MERSENNE_61
