@@ -52,19 +52,7 @@ def build_steps(cfg: DataConfig) -> list[tuple[str, Step | GlobalStep]]:
     """The enabled steps of the dots recipe, in order, each with its short name."""
     out: list[tuple[str, Step | GlobalStep]] = []
     if cfg.url_filter.enabled:
-        from moelab.data.filters.url import UrlFilter, read_list, ut1_from_datatrove
-
-        domains: set[str] = set()
-        urls: set[str] = set()
-        for f in cfg.url_filter.domains_files:
-            domains |= read_list(f)
-        for f in cfg.url_filter.urls_files:
-            urls |= read_list(f)
-        if cfg.url_filter.ut1_from_datatrove:
-            d, u = ut1_from_datatrove()
-            domains |= d
-            urls |= u
-        out.append(("url_filter", UrlFilter(domains, urls)))
+        out.append(("url_filter", _url_filter(cfg)))
     if cfg.extract.enabled:
         from moelab.data.extract import Extract
 
@@ -93,6 +81,30 @@ def build_steps(cfg: DataConfig) -> list[tuple[str, Step | GlobalStep]]:
 
         out.append(("minhash", MinHashDedup(cfg.minhash)))
     return out
+
+
+def _url_filter(cfg: DataConfig) -> Step:
+    from moelab.data.filters import url
+
+    uc = cfg.url_filter
+    domains: set[str] = set()
+    urls: set[str] = set()
+    for f in uc.domains_files:
+        domains |= url.read_list(f)
+    for f in uc.urls_files:
+        urls |= url.read_list(f)
+    words = url.default_word_lists() if uc.default_words else url.UrlWordLists()
+    words.update(
+        url.UrlWordLists.from_files(
+            uc.banned_words_files, uc.soft_words_files, uc.banned_subwords_files
+        )
+    )
+    if uc.ut1_from_datatrove:
+        d, u = url.ut1_from_datatrove()
+        domains |= d
+        urls |= u
+        words.update(url.datatrove_word_lists())
+    return url.UrlFilter(domains, urls, words=words, soft_threshold=uc.soft_threshold)
 
 
 def build_phases(cfg: DataConfig) -> list[Phase]:
