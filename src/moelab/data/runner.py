@@ -68,10 +68,29 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        ["moelab.data.pipeline", "moelab.data.readers", "trafilatura", "fasttext", "regex"]
-    )
+    ctx.set_forkserver_preload(_PRELOAD)
     return ctx
+
+
+_PRELOAD = [
+    "__main__",  # imported once in the server: a worker does not re-run the main script
+    "moelab.data.pipeline",
+    "moelab.data.readers",
+    "moelab.data.extract",
+    "moelab.data.filters.url",
+    "moelab.data.filters.language",
+    "moelab.data.filters.quality",
+    "moelab.data.dedup.exact",
+    "moelab.data.dedup.lines",
+    "moelab.data.dedup.minhash",
+    "fastwarc.warc",
+    "charset_normalizer",
+    "trafilatura",
+    "fasttext",
+    "regex",
+]
+"""Everything a task imports: a worker forked from the server finds it loaded (measured: opening
+the pipeline in a worker took 0.9 s with only the first five of these preloaded, 0.2 s in-process)."""
 
 
 def _log_group(log: Callable[[str], None], pipe: Pipeline, group: list[Task], start: float) -> None:
