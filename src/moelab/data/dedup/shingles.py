@@ -54,10 +54,9 @@ def tokenize(text: str, zh_tokenizer: str = "jieba") -> list[str]:
             raise ImportError("minhash.zh_tokenizer=rjieba needs `pip install rjieba`") from err
 
         return [t for t in rjieba.cut(norm) if not t.isspace()]
-    import jieba
+    from moelab.data.dedup.zh import cut  # jieba.lcut's tokens, 2x faster (zh.py)
 
-    jieba.setLogLevel(60)
-    return [t for t in jieba.lcut(norm) if not t.isspace()]
+    return [t for t in cut(norm) if not t.isspace()]
 
 
 def _fmix(x: np.ndarray) -> np.ndarray:
