@@ -203,7 +203,7 @@ class Pipeline:
         """Run one task and write its completion marker (skips if already done)."""
         if self.done(phase, kind, shard):
             return
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         ph = self.phases[phase]
         if kind in ("scan", "reduce"):
             if kind == "scan":
@@ -213,11 +213,15 @@ class Pipeline:
                 ph.global_step.reduce(self.work_dir(phase), self.num_shards)
             st = StepStats(ph.global_step.name, seconds=time.time() - start)
             name = kind if shard is None else f"{kind}_{shard:05d}"
-            record = {"phase": ph.name, "steps": [{"step": ph.global_dir, **st.to_dict()}]}
+            record = {
+                "phase": ph.name,
+                "cpu_seconds": round(time.process_time() - cpu, 3),
+                "steps": [{"step": ph.global_dir, **st.to_dict()}],
+            }
             atomic_write_json(self.run_dir / "stats" / ph.name / f"{name}.json", record)
         else:
             assert shard is not None
-            self._run_map(phase, shard, start)
+            self._run_map(phase, shard, start, cpu)
         marker = self.marker(phase, kind, shard)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{time.time() - start:.3f}\n")
@@ -235,7 +239,7 @@ class Pipeline:
         ]:
             stale.unlink(missing_ok=True)
 
-    def _run_map(self, phase: int, shard: int, start: float) -> None:
+    def _run_map(self, phase: int, shard: int, start: float, cpu: float) -> None:
         ph = self.phases[phase]
         self._clear_partial(phase, shard)
         removed = RemovedWriter(
@@ -275,6 +279,7 @@ class Pipeline:
             "phase": ph.name,
             "shard": shard,
             "seconds": round(time.time() - start, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3),
             "steps": [{"step": d, **s.to_dict()} for d, s in stats],
         }
         atomic_write_json(self.run_dir / "stats" / ph.name / f"map_{shard:05d}.json", record)
