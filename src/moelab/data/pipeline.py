@@ -23,6 +23,7 @@ What this module does not know: how tasks are scheduled (runner.py, ray_executor
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,7 @@ class Pipeline:
             record = {
                 "phase": ph.name,
                 "cpu_seconds": round(time.process_time() - cpu, 3),
+                "pid": os.getpid(),
                 "steps": [{"step": ph.global_dir, **st.to_dict()}],
             }
             atomic_write_json(self.run_dir / "stats" / ph.name / f"{name}.json", record)
@@ -280,6 +282,7 @@ class Pipeline:
             "shard": shard,
             "seconds": round(time.time() - start, 3),
             "cpu_seconds": round(time.process_time() - cpu, 3),
+            "pid": os.getpid(),
             "steps": [{"step": d, **s.to_dict()} for d, s in stats],
         }
         atomic_write_json(self.run_dir / "stats" / ph.name / f"map_{shard:05d}.json", record)

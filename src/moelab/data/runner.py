@@ -73,7 +73,6 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 
 _PRELOAD = [
-    "__main__",  # imported once in the server: a worker does not re-run the main script
     "moelab.data.pipeline",
     "moelab.data.readers",
     "moelab.data.extract",
@@ -90,7 +89,9 @@ _PRELOAD = [
     "regex",
 ]
 """Everything a task imports: a worker forked from the server finds it loaded (measured: opening
-the pipeline in a worker took 0.9 s with only the first five of these preloaded, 0.2 s in-process)."""
+the pipeline in a worker took 0.9 s with only five of these preloaded, now 0.2-0.3 s). Not
+``__main__``: CPython 3.11's forkserver ignores it (it never receives the main path), so each
+worker still imports the main script once, as multiprocessing always does."""
 
 
 def _log_group(log: Callable[[str], None], pipe: Pipeline, group: list[Task], start: float) -> None:
