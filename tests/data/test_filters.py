@@ -47,6 +47,61 @@ def test_url_filter_blocks_domains_subdomains_and_exact_urls(tmp_path):
     assert dropped == {"a": "blocked_domain", "b": "blocked_domain", "d": "blocked_url"}
 
 
+def test_url_word_scoring_hard_soft_and_subwords_with_reasons():
+    from moelab.data.filters.url import default_word_lists
+
+    f = UrlFilter(words=default_word_lists())
+    docs = [
+        Document("hard", "t", url="https://videos.example.com/free-PORN/clip?id=1"),
+        Document("soft2", "t", url="https://example.net/casino-poker-bonus.html"),
+        Document("soft1", "t", url="https://grand-casino-hotel.example.com/rooms"),
+        Document("sussex", "t", url="https://sussex.example.ac.uk/news"),
+        Document("sub", "t", url="https://freepornvideos.example.org/"),
+        Document("ok", "t", url="https://news.example.com/science/2024/article.html"),
+    ]
+    kept, dropped = _run(f, docs)
+    assert [d.id for d in kept] == ["soft1", "sussex", "ok"], "one soft word is not enough"
+    assert dropped == {
+        "hard": "url_banned_word",
+        "soft2": "url_soft_words",
+        "sub": "url_banned_subword",
+    }
+    assert docs[0].metadata["url_words"] == ["porn"]
+    assert docs[1].metadata["url_words"] == ["casino", "poker"]
+    assert docs[4].metadata["url_words"] == ["porn"]
+    assert "url_words" not in docs[2].metadata
+
+
+def test_url_word_lists_from_files_weights_and_threshold(tmp_path):
+    from moelab.data.filters.url import UrlWordLists, read_weighted_list
+
+    soft = tmp_path / "soft.txt"
+    soft.write_text("# word weight\nloan 0.5\nPayday 1.5\ncheap\n")
+    hard = tmp_path / "hard.txt"
+    hard.write_text("spamword\n")
+    lists = UrlWordLists.from_files([hard], [soft], [])
+    assert lists.soft == {"loan": 0.5, "payday": 1.5, "cheap": 1.0}
+    f = UrlFilter(words=lists, soft_threshold=2.0)
+    docs = [
+        Document("a", "t", url="https://x.com/payday-loan"),  # 2.0: dropped
+        Document("b", "t", url="https://x.com/cheap-loan"),  # 1.5: kept
+        Document("c", "t", url="https://spamword.x.com/"),
+    ]
+    kept, dropped = _run(f, docs)
+    assert [d.id for d in kept] == ["b"]
+    assert dropped == {"a": "url_soft_words", "c": "url_banned_word"}
+    _, dropped = _run(
+        UrlFilter(words=lists, soft_threshold=1.5), [Document("b", "t", url=docs[1].url)]
+    )
+    assert dropped == {"b": "url_soft_words"}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("loan lots\n")
+    with pytest.raises(ValueError, match="bad.txt:1"):
+        read_weighted_list(bad)
+    with pytest.raises(ValueError, match="soft_threshold"):
+        UrlFilter(soft_threshold=0)
+
+
 def test_language_filter_keeps_en_zh_and_names_the_reason():
     rng = np.random.default_rng(0)
     docs = [
@@ -61,6 +116,31 @@ def test_language_filter_keeps_en_zh_and_names_the_reason():
     assert dropped == {"fr": "language_not_kept", "junk": "low_confidence"}
     kept, _ = _run(LanguageFilter(languages=["fr"]), [Document("fr", docs[2].text)])
     assert [d.id for d in kept] == ["fr"]
+
+
+def test_language_batches_give_the_same_verdicts_in_order_as_one_at_a_time():
+    rng = np.random.default_rng(1)
+    docs = [
+        Document(f"{kind}{i}", text)
+        for i in range(3)
+        for kind, text in (
+            ("en", _prose(seed=i)),
+            ("fr", other_language_paragraph(rng, "French", 4)),
+            ("zh", chinese_paragraph(rng, 4)),
+            ("junk", f"qz{i} xv{i} 99{i} !!"),
+        )
+    ]
+    one = LanguageFilter(batch_size=1)
+    singles = [(d.id, one.filter(Document(d.id, d.text))) for d in docs]
+    for size in (1, 5, 64):
+        kept, dropped = _run(
+            LanguageFilter(batch_size=size), [Document(d.id, d.text) for d in docs]
+        )
+        assert [d.id for d in kept] == [i for i, v in singles if v is True]
+        assert dropped == {i: v[1] for i, v in singles if v is not True}
+    assert {r for _, r in dropped.items()} == {"language_not_kept", "low_confidence"}
+    with pytest.raises(ValueError, match="batch_size"):
+        LanguageFilter(batch_size=0)
 
 
 def test_extract_keeps_the_article_and_drops_navigation():
@@ -159,7 +239,35 @@ def test_ut1_list_is_read_from_the_datatrove_wheel_layout(tmp_path, monkeypatch)
     monkeypatch.delitem(sys.modules, "datatrove", raising=False)
     domains, urls = ut1_from_datatrove()
     assert domains == {"porn.example"} and urls == {"ok.example/bad"}
+    from moelab.data.filters.url import datatrove_word_lists
+
+    with pytest.raises(FileNotFoundError, match="banned_words.txt"):
+        datatrove_word_lists()
+    for name, body in [
+        ("banned_words.txt", "badword\n"),
+        ("soft_banned_words.txt", "meh\n"),
+        ("banned_subwords.txt", "bad-sub\n"),
+    ]:
+        (pkg / "assets" / name).write_text(body)
+    lists = datatrove_word_lists()
+    assert (lists.banned, lists.soft, lists.subwords) == ({"badword"}, {"meh": 1.0}, {"badsub"})
     kept, dropped = _run(
         UrlFilter(domains, urls), [Document("a", "t", url="http://www.porn.example/x")]
     )
     assert dropped == {"a": "blocked_domain"}
+
+
+def test_config_wires_default_and_file_word_lists(tmp_path):
+    from moelab.config import ConfigError
+    from moelab.data.config import DataConfig
+    from moelab.data.pipeline import build_steps
+
+    extra = tmp_path / "soft.txt"
+    extra.write_text("loan 2\n")
+    cfg = DataConfig.from_dict({"url_filter": {"soft_words_files": [str(extra)]}})
+    name, f = build_steps(cfg)[0]
+    assert name == "url_filter" and "porn" in f.words.banned and f.words.soft["loan"] == 2.0
+    off = DataConfig.from_dict({"url_filter": {"default_words": False}})
+    assert build_steps(off)[0][1].words.banned == set()
+    with pytest.raises(ConfigError, match="url_filter.soft_threshold"):
+        DataConfig.from_dict({"url_filter": {"soft_threshold": 0}})

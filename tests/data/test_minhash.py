@@ -29,8 +29,6 @@ def test_numpy_minhash_is_bit_exact_against_python_integers():
     shingles = np.r_[shingles, np.array(edges, dtype=np.uint64)]
     mh.a[:3] = [MERSENNE_61 - 1, 1, 2**60]
     mh.b[:3] = [MERSENNE_61 - 1, 0, 1]
-    mh._a1, mh._a0 = (mh.a >> np.uint64(31))[None, :], (mh.a & np.uint64(2**31 - 1))[None, :]
-    mh._b = mh.b[None, :]
     table = [
         [
             (int(a) * (int(x) % MERSENNE_61) + int(b)) % MERSENNE_61
@@ -59,6 +57,29 @@ def test_tokenize_uses_dots_normalisation_and_jieba_for_chinese():
     assert tokenize("我们今天", "chars") == ["我", "们", "今", "天"]
     assert len(shingle_hashes("a b c d e f".split(), 5)) == 2
     assert len(shingle_hashes(["a", "b"], 5)) == 1
+
+
+def test_fused_jieba_gives_jiebas_tokens_exactly():
+    import jieba
+
+    from moelab.data.dedup import zh
+    from moelab.data.normalize import dots_normalize
+    from moelab.data.synth.text import chinese_paragraph
+
+    rng = np.random.default_rng(7)
+    texts = ["".join(chinese_paragraph(rng, 4) for _ in range(3)) for _ in range(12)]
+    texts = [*texts, *(dots_normalize(t) for t in texts)]
+    texts += [
+        "结婚的和尚未结婚的 北京大学生前来应聘 乒乓球拍卖完了",  # classic ambiguous segmentations
+        "中文 English mixed 123 文本, 还有-连字符_和%号 \r\n 空格  结束",
+        "",
+        " ",
+        "的",
+        "龘靐齉爩",  # rare characters: the HMM's unknown-run path
+    ]
+    for text in texts:
+        assert zh.cut(text) == jieba.lcut(text), text
+    assert zh.cut(texts[0]) == jieba.lcut(texts[0]), "memoised HMM answers stay the same"
 
 
 def _pairs_at_jaccard(rng, n_pairs: int, words: int = 200):

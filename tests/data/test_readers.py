@@ -113,6 +113,23 @@ def test_charset_header_meta_and_misdeclared(tmp_path):
     assert text in docs[4].text
 
 
+def test_charset_detection_and_meta_run_only_when_the_declared_charset_fails(monkeypatch):
+    from moelab.data import charset
+
+    calls = []
+    monkeypatch.setattr(charset, "_detect", lambda p: calls.append("detect") or "utf-8")
+    real_meta = charset.meta_charset
+    monkeypatch.setattr(charset, "meta_charset", lambda p: calls.append("meta") or real_meta(p))
+    page = ('<meta charset="gbk">' + PAGE.format("中文网页")).encode("utf-8")
+    assert charset.decode_page(page, "utf-8") == (page.decode("utf-8"), "utf_8")
+    assert calls == [], "a header charset that decodes the page is enough"
+    gbk = ('<meta charset="gbk">' + PAGE.format("中文网页")).encode("gbk")
+    assert charset.decode_page(gbk, "utf-8")[1] == "gbk"
+    assert calls == ["meta"], "the meta tag is read when the header's charset fails"
+    assert charset.decode_page(gbk)[1] == "gbk"
+    assert "detect" not in calls
+
+
 def test_jsonl_reader_counts_bad_lines_and_truncation(tmp_path):
     path = tmp_path / "d.jsonl.gz"
     lines = [json.dumps({"id": "a", "content": "hello"}), "{not json", json.dumps({"id": "b"})]

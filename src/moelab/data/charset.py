@@ -61,25 +61,33 @@ def decode_page(payload: bytes, header_charset: str | None = None) -> tuple[str,
         raise DecodeRefused("empty_payload")
     if b"\x00" in payload[:1024]:
         raise DecodeRefused("binary_payload")
-    candidates: list[str] = []
-    for name in (_codec(header_charset), _codec(meta_charset(payload))):
-        if name and name not in candidates:
-            if name in _SINGLE_BYTE and "utf_8" not in candidates:
-                candidates.append("utf_8")
-            candidates.append(name)
-    if not candidates:
-        candidates.append("utf_8")
-    for name in candidates:
-        try:
-            return payload.decode(name), name
-        except (UnicodeDecodeError, LookupError):
+    tried: list[str] = []
+    # The meta tag is searched only when the header names no charset that decodes the page.
+    for declared in (lambda: header_charset, lambda: meta_charset(payload)):
+        name = _codec(declared())
+        if not name or name in tried:
             continue
+        utf8_first = name in _SINGLE_BYTE and "utf_8" not in tried
+        for candidate in (["utf_8"] if utf8_first else []) + [name]:
+            if candidate in tried:
+                continue
+            tried.append(candidate)
+            try:
+                return payload.decode(candidate), candidate
+            except (UnicodeDecodeError, LookupError):
+                continue
+    if not tried:
+        tried.append("utf_8")
+        try:
+            return payload.decode("utf_8"), "utf_8"
+        except UnicodeDecodeError:
+            pass
     detected = _codec(_detect(payload))
     if detected in _SINGLE_BYTE or (detected or "").startswith(("cp", "iso8859", "mac")):
         # Detection cannot tell single-byte code pages apart on short pages; WHATWG's default
         # legacy encoding for the web is windows-1252, so it wins among them.
         detected = "cp1252" if _decodes(payload, "cp1252") else detected
-    if detected and detected not in candidates:
+    if detected and detected not in tried:
         try:
             return payload.decode(detected), detected
         except (UnicodeDecodeError, LookupError):

@@ -40,7 +40,20 @@ class UrlFilterConfig(Config):
     domains_files: list[str] = field(default_factory=list)
     urls_files: list[str] = field(default_factory=list)
     ut1_from_datatrove: bool = False
-    """Also block the UT1 lists shipped in the datatrove wheel (needs datatrove installed)."""
+    """Also block the UT1 lists shipped in the datatrove wheel (needs datatrove installed), and
+    score URLs with its banned/soft/sub-word lists."""
+    default_words: bool = True
+    """Score URL words with the small lists shipped in moelab (filters/url_words/)."""
+    banned_words_files: list[str] = field(default_factory=list)
+    soft_words_files: list[str] = field(default_factory=list)
+    """``word [weight]`` per line."""
+    banned_subwords_files: list[str] = field(default_factory=list)
+    soft_threshold: float = 2.0
+    """Drop when the weights of the distinct soft words in a URL add up to this."""
+
+    def validate(self, path: str) -> None:
+        if self.soft_threshold <= 0:
+            raise ConfigError(f"{path}.soft_threshold", "must be > 0")
 
 
 @dataclass

