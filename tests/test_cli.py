@@ -63,6 +63,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     )  # intermediate checkpoints were kept and analysed
     report = Path(dots["routing"]["report"]).read_text()
     assert "08_page_type" in report and "12_rebalance" in report  # stage 3 in the report's funnel
+    assert "Data quality (stage 3 against labels)" in report and "line scorer" in report
     assert dots["evaluation"]["model"]["perplexity"] > 1
     assert dots["export"]["moelab_reload_max_abs_diff"] == 0.0
     assert dots["export"]["transformers_max_abs_diff"] < 1e-4

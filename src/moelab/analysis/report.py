@@ -114,6 +114,42 @@ def _funnel_table(funnel: list[dict]) -> str:
     return _table(header, rows, (0, 4, 5))
 
 
+def data_quality_section(quality: dict) -> str:
+    """Stage 3 scored against a labelled crawl (the demo's synthetic gold): clutter-line F1 of
+    the learned scorer and the rule baseline, page-type and quality-model precision/recall, and
+    the category mixture before rebalancing, targeted, achieved and by gold label."""
+    parts = []
+    f1 = quality.get("classifiers", {}).get("clutter_line_f1")
+    if f1:
+        rows = [
+            [name, f"{v['precision']:.1f}", f"{v['recall']:.1f}", f"{v['f1']:.1f}"]
+            for name, v in f1.items()
+        ]
+        parts.append("<p class='note'>Clutter lines on held-out labelled pages (%).</p>")
+        parts.append(_table(["line scorer", "precision", "recall", "F1"], rows, (0,)))
+    steps = [s for s in ("page_type", "quality_model") if isinstance(quality.get(s), dict)]
+    if steps:
+        rows = [
+            [s, str(quality[s].get("removed")), str(quality[s].get("precision")),
+             str(quality[s].get("recall"))]
+            for s in steps
+        ]  # fmt: skip
+        parts.append("<p class='note'>Drops against the crawl's gold labels.</p>")
+        parts.append(_table(["step", "removed", "precision", "recall"], rows, (0,)))
+    target = quality.get("mixture_target_pct")
+    if target:
+        before = quality.get("mixture_before_pct", {})
+        achieved = quality.get("mixture_predicted_pct", {})
+        gold = quality.get("mixture_gold_pct", {})
+        rows = [
+            [c] + [f"{m.get(c, 0.0):.1f}" for m in (before, target, achieved, gold)]
+            for c in sorted(set(target) | set(before))
+        ]
+        parts.append("<p class='note'>Category mixture (%), rebalanced to the target.</p>")
+        parts.append(_table(["category", "before", "target", "achieved", "by gold"], rows, (0,)))
+    return "".join(parts)
+
+
 def _section(title: str, body: str) -> str:
     return f"<h2>{html.escape(title)}</h2>{body}"
 
@@ -126,6 +162,7 @@ def write_report(
     subtitle: str = "",
     training: list[dict] | None = None,
     funnel: list[dict] | None = None,
+    data_quality: dict | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (and the figures as ``out_dir/plots/*.png``); return the page."""
     out_dir = Path(out_dir)
@@ -163,6 +200,8 @@ def write_report(
         parts.append(
             _section("Data funnel", _img(figures["funnel"], "funnel") + _funnel_table(funnel))
         )
+    if data_quality and (body := data_quality_section(data_quality)):
+        parts.append(_section("Data quality (stage 3 against labels)", body))
     page = out_dir / "report.html"
     page.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

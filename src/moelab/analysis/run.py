@@ -63,6 +63,7 @@ def run_analysis(
     tokenizer: str | Path | None = None,
     training_metrics: str | Path | None = None,
     funnel: list[dict] | None = None,
+    data_quality: dict | None = None,
     device: str = "cpu",
     dtype: str | None = None,
     title: str = "moelab routing analysis",
@@ -97,5 +98,11 @@ def run_analysis(
     training = read_jsonl(training_metrics) if training_metrics else []
     subtitle = ", ".join(str(c) for c in checkpoints) + "."
     return write_report(
-        metrics, out_dir, title=title, subtitle=subtitle, training=training, funnel=funnel
+        metrics,
+        out_dir,
+        title=title,
+        subtitle=subtitle,
+        training=training,
+        funnel=funnel,
+        data_quality=data_quality,
     )

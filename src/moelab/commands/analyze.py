@@ -4,7 +4,8 @@ CKPT_DIR is a training run directory (every ``step_*`` checkpoint is analysed, o
 one or more moelab checkpoint / HF directories in training order (the last is the "final" one).
 ``--docs`` names the documents folder the shards were tokenized from, to label tokens with their
 domain; ``--data-run`` names a data run directory whose funnel joins the report (its ``docs/``
-is used for domains when ``--docs`` is not given). Writes ``sample.npz``, ``routing/*.npz``,
+is used for domains when ``--docs`` is not given; a ``stage3_eval.json`` in it, which the demo
+writes from the synthetic gold, adds a data-quality section). Writes ``sample.npz``, ``routing/*.npz``,
 ``metrics.json``, ``plots/*.png`` and a self-contained ``report.html`` under ``--out``.
 
 ``analyze_run`` is the same as a function (the demo calls it).
@@ -13,8 +14,12 @@ is used for domains when ``--docs`` is not given). Writes ``sample.npz``, ``rout
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+QUALITY_FILE = "stage3_eval.json"
+"""Stage 3 scored against labels, in a data run directory (written by the demo)."""
 
 
 def _funnel(data_run_dir: Path) -> list[dict]:
@@ -52,9 +57,11 @@ def analyze_run(
     from moelab.analysis.run import run_analysis
 
     paths = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
-    funnel = None
+    funnel = quality = None
     if data_run_dir is not None:
         funnel = _funnel(Path(data_run_dir))
+        if (Path(data_run_dir) / QUALITY_FILE).is_file():
+            quality = json.loads((Path(data_run_dir) / QUALITY_FILE).read_text())
         if docs_dir is None and (Path(data_run_dir) / "docs").is_dir():
             docs_dir = Path(data_run_dir) / "docs"
     metrics_file = Path(paths[0]) / "metrics.jsonl"
@@ -67,6 +74,7 @@ def analyze_run(
         tokenizer=tokenizer,
         training_metrics=metrics_file if metrics_file.is_file() else None,
         funnel=funnel,
+        data_quality=quality,
         device=device,
         dtype=dtype,
         log=log,

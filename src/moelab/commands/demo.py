@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moelab.commands.analyze import QUALITY_FILE
+
 
 def _banner(i: int, n: int, text: str) -> None:
     print(f"\n[{i}/{n}] {text}", flush=True)
@@ -361,10 +363,12 @@ def run_demo(args: argparse.Namespace) -> int:
     docs, stage3 = timed("data", _data, out, web, args.seed)
     _banner(4, n, "tokenizer and token shards")
     shards, tokenizer = timed("tokens", _tokens, out, docs, args.vocab_size)
+    quality = {"classifiers": classifiers, **stage3}
+    (out / "data" / QUALITY_FILE).write_text(json.dumps(quality, indent=2))  # joins the report
     summary: dict[str, Any] = {
         "docs": str(docs),
         "shards": str(shards),
-        "stage3": {"classifiers": classifiers, **stage3},
+        "stage3": quality,
         "models": {},
         "timings": timings,
     }
