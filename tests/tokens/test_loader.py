@@ -102,6 +102,68 @@ def test_resume_equals_uninterrupted(shards: Path, where: str) -> None:
         np.testing.assert_array_equal(want.segment_ids, got.segment_ids)
 
 
+def _global_rows(loaders: list[TokenLoader], steps: int) -> list[int]:
+    """The rows all ranks take over ``steps`` batches, in global order (advancing the loaders)."""
+    rows = []
+    for _ in range(steps):
+        for ld in loaders:
+            rows.extend(ld.rows_for(ld.epoch, ld.batch).tolist())
+        for ld in loaders:
+            ld.batch += 1
+    return rows
+
+
+@pytest.mark.parametrize(("world", "batch_size"), [(1, 4), (1, 2), (4, 1), (4, 2)])
+def test_state_from_two_ranks_continues_the_global_order_on_another_layout(
+    shards: Path, world: int, batch_size: int
+) -> None:
+    kwargs = {"seq_len": 16, "seed": 3}
+    two = [TokenLoader(shards, batch_size=2, rank=r, world_size=2, **kwargs) for r in range(2)]
+    straight = _global_rows(
+        [TokenLoader(shards, batch_size=2, rank=r, world_size=2, **kwargs) for r in range(2)], 8
+    )
+    _global_rows(two, 4)  # 16 rows consumed: a multiple of 4 and of 8
+    state = two[1].state_dict()  # any rank's state: the position is global
+    assert state["rows"] == 16 and state == {**two[0].state_dict(), "rank": 1}
+    resumed = [
+        TokenLoader(shards, batch_size=batch_size, rank=r, world_size=world, **kwargs)
+        for r in range(world)
+    ]
+    for ld in resumed:
+        ld.load_state_dict(state)
+    steps = 16 // (world * batch_size)
+    assert _global_rows(resumed, steps) == straight[16:]
+    # and what one rank yields is its block of those rows
+    ld = TokenLoader(shards, batch_size=batch_size, rank=world - 1, world_size=world, **kwargs)
+    ld.load_state_dict(state)
+    got = next(iter(ld)).inputs
+    want = ld.make_batch(np.array(straight[16 + (world - 1) * batch_size :][:batch_size])).inputs
+    np.testing.assert_array_equal(got, want)
+
+
+def test_other_layout_refused_off_its_batch_boundary(shards: Path) -> None:
+    two = [TokenLoader(shards, seq_len=16, batch_size=2, rank=r, world_size=2) for r in range(2)]
+    _global_rows(two, 3)  # 12 rows: not a multiple of 4 ranks x 2
+    state = two[0].state_dict()
+    with pytest.raises(ValueError, match=r"12 rows into epoch 0 .*4 x 2 = 8"):
+        TokenLoader(shards, seq_len=16, batch_size=2, rank=0, world_size=4).load_state_dict(state)
+
+
+def test_version_one_state_converts(shards: Path) -> None:
+    kwargs = {"seq_len": 16, "batch_size": 2, "seed": 4, "world_size": 2}
+    old = {
+        **TokenLoader(shards, **kwargs).state_dict(),
+        "version": 1,
+        "batch": 3,
+    }
+    del old["rows"]
+    resumed = TokenLoader(shards, seq_len=16, batch_size=3, seed=4)  # 3 x 2 x 2 = 12 = 3 x 4
+    resumed.load_state_dict(old)
+    assert (resumed.epoch, resumed.batch) == (0, 4)
+    with pytest.raises(ValueError, match="unknown loader state version 9"):
+        resumed.load_state_dict({**old, "version": 9})
+
+
 def test_resume_refuses_other_settings(shards: Path) -> None:
     state = TokenLoader(shards, seq_len=16, batch_size=4, seed=1).state_dict()
     with pytest.raises(ValueError, match="seed=1.*seed=2"):

@@ -8,9 +8,14 @@ consecutive entries of that permutation; rank ``r`` takes the ``r``-th block of 
 Every rank therefore sees the same number of batches per epoch (the remainder of the
 permutation is dropped) and the ranks together cover each used row exactly once.
 
-Because the order is a function and not a running state, ``state_dict()`` is just
-``(epoch, batch)`` plus the settings that must not change, and ``load_state_dict`` resumes at
-exactly the next batch an uninterrupted run would have produced.
+Because the order is a function and not a running state, ``state_dict()`` is just the epoch
+and the number of rows of its permutation consumed by all ranks together, plus the settings that
+must not change, and ``load_state_dict`` resumes at exactly the next batch an uninterrupted run
+would have produced. The position is global, so a state may be loaded onto another
+``(world_size, rank, batch_size)`` when the consumed rows are a multiple of the new
+``world_size * batch_size``: the global row order continues unchanged. (The rows dropped at an
+epoch's end depend on ``world_size * batch_size``, so later epochs match only when both layouts
+drop the same remainder.) Version-1 states (``batch`` per rank) are converted on load.
 
 What this module does not know: models, devices or tokenizers (beyond the hash it may be asked
 to check). torch is imported only when tensors are requested, so importing it stays cheap.
@@ -28,14 +33,12 @@ import numpy as np
 from moelab.tokens import packing as _packing
 from moelab.tokens.shards import ShardReader
 
-STATE_VERSION = 1
-# Settings a resumed loader must share with the saved one (rank may differ: the position is global).
+STATE_VERSION = 2
+# Settings a resumed loader must share with the saved one (the layout may differ: the position
+# is global).
 _MUST_MATCH = (
-    "version",
     "seed",
     "seq_len",
-    "batch_size",
-    "world_size",
     "shuffle",
     "packing",
     "num_rows",
@@ -153,12 +156,25 @@ class TokenLoader:
                 yield self.make_batch(rows)
             self.epoch, self.batch = self.epoch + 1, 0
 
+    @property
+    def global_batch_rows(self) -> int:
+        """Rows all ranks together take per batch step."""
+        return self.batch_size * self.world_size
+
     def state_dict(self) -> dict[str, Any]:
-        """Where the next batch comes from, plus the settings a resume must share."""
+        """Where the next batch comes from, plus the settings a resume must share.
+
+        ``rows`` counts the epoch's permutation entries consumed by all ranks; a finished epoch
+        is recorded as the start of the next, so every layout resumes it the same way.
+        ``batch_size``/``world_size``/``rank`` are informational.
+        """
+        epoch, batch = self.epoch, self.batch
+        if batch >= self.batches_per_epoch:
+            epoch, batch = epoch + 1, 0
         return {
             "version": STATE_VERSION,
-            "epoch": self.epoch,
-            "batch": self.batch,
+            "epoch": epoch,
+            "rows": batch * self.global_batch_rows,
             "seed": self.seed,
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
@@ -171,7 +187,9 @@ class TokenLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``; raises if the data or the settings differ from when it was saved."""
+        """Resume at ``state``; raises if the data or settings differ, or the position does not
+        fall on a batch boundary of this loader's layout."""
+        state = _upgrade(state)
         mine = self.state_dict()
         for key in _MUST_MATCH:
             saved = state.get(key, "concat" if key == "packing" else None)  # pre-packing states
@@ -180,9 +198,33 @@ class TokenLoader:
                     f"loader state was saved with {key}={saved!r}, "
                     f"but this loader has {key}={mine[key]!r}; cannot resume exactly"
                 )
-        if not 0 <= state["batch"] <= self.batches_per_epoch or state["epoch"] < 0:
+        epoch, rows, step = int(state["epoch"]), int(state["rows"]), self.global_batch_rows
+        if epoch < 0 or rows < 0:
             raise ValueError(f"loader state position out of range: {state}")
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        if rows % step:
+            raise ValueError(
+                f"loader state is {rows} rows into epoch {epoch} (saved with world_size="
+                f"{state.get('world_size')}, batch_size={state.get('batch_size')}); that is not a "
+                f"multiple of this loader's world_size x batch_size = {self.world_size} x "
+                f"{self.batch_size} = {step}, so it cannot continue the same global row order"
+            )
+        if rows // step > self.batches_per_epoch:
+            raise ValueError(
+                f"loader state is {rows} rows into epoch {epoch}, past the "
+                f"{self.batches_per_epoch * step} rows this layout uses per epoch"
+            )
+        self.epoch, self.batch = epoch, rows // step
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 state (per-rank ``batch`` under a fixed layout) as a version-2 one."""
+    version = state.get("version")
+    if version == STATE_VERSION:
+        return state
+    if version != 1 or not {"batch", "batch_size", "world_size"} <= state.keys():
+        raise ValueError(f"unknown loader state version {version!r}: {sorted(state)}")
+    rows = int(state["batch"]) * int(state["batch_size"]) * int(state["world_size"])
+    return {**state, "version": STATE_VERSION, "rows": rows}
 
 
 def _to_torch(batch: Batch) -> Batch:

@@ -137,7 +137,7 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
-        if self.dist.enabled:
+        if self.dist.enabled or _is_dcp(self.out_dir, resume):
             return self._resume_dcp(resume)
         if resume == "auto":
             info = latest_valid_checkpoint(self.out_dir, warn=self.log)
@@ -171,6 +171,7 @@ class Trainer:
         self.state = TrainState(step=state["step"], tokens=state["tokens"])
 
     def _resume_dcp(self, resume: str) -> None:
+        """Load a DCP checkpoint on any layout, one process included (DCP reshards by name)."""
         candidates = list_checkpoints(self.out_dir) if resume == "auto" else [Path(resume)]
         for path in reversed(candidates):
             try:
@@ -179,9 +180,7 @@ class Trainer:
                 if self.dist.is_rank0:
                     self.log(f"warning: skipping bad checkpoint {path.name}: {err}")
                 continue
-            extra = torch.load(path / f"extra_rank{self.dist.rank:05d}.pt", weights_only=False)
-            self.loader.load_state_dict(extra["loader"])
-            _set_rng_state(extra["rng"])
+            self._load_dcp_extra(path, meta)
             self.state = TrainState(step=meta["step"], tokens=meta["tokens"])
             if self.dist.is_rank0:
                 self.log(f"resumed from {path} at step {meta['step']} ({meta['tokens']:,} tokens)")
@@ -190,6 +189,28 @@ class Trainer:
             raise CheckpointError(f"{resume}: cannot resume from it")
         if self.dist.is_rank0:
             self.log(f"no usable checkpoint in {self.out_dir}: starting from scratch")
+
+    def _load_dcp_extra(self, path: Path, meta: dict[str, Any]) -> None:
+        """Loader position and RNG: this rank's own file on the same world size; otherwise rank
+        0's (the loader position is global) and RNG reseeded from (seed, step)."""
+        world = torch.distributed.get_world_size() if self.dist.enabled else 1
+        saved_world = int(meta.get("world_size", world))
+        same = saved_world == world
+        extra = torch.load(
+            path / f"extra_rank{self.dist.rank if same else 0:05d}.pt", weights_only=False
+        )
+        self.loader.load_state_dict(extra["loader"])
+        if same:
+            _set_rng_state(extra["rng"])
+            return
+        seed = int(np.random.SeedSequence([self.cfg.seed, meta["step"]]).generate_state(1)[0])
+        _seed_everything(seed)
+        if self.dist.is_rank0:
+            self.log(
+                f"warning: {path.name} was saved by {saved_world} ranks, resuming on {world}: "
+                f"per-rank RNG states do not carry over, reseeded from (seed={self.cfg.seed}, "
+                f"step={meta['step']}); the model uses no dropout, so training is unaffected"
+            )
 
     # -- one optimizer step --------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor, *, model=None, **model_kwargs):
@@ -412,6 +433,17 @@ class Trainer:
             if logger:
                 logger.close()
         return {"first": first, "last": last, "out_dir": str(self.out_dir)}
+
+
+def _is_dcp(run_dir: Path, resume: str) -> bool:
+    """Whether ``resume`` (or, for ``auto``, the newest checkpoint of ``run_dir``) is DCP."""
+    import json
+
+    paths = list_checkpoints(run_dir)[-1:] if resume == "auto" else [Path(resume)]
+    try:
+        return any(json.loads((p / "meta.json").read_text()).get("format") == "dcp" for p in paths)
+    except (OSError, ValueError):
+        return False
 
 
 def _mark_kind(path: Path, kind: str) -> None:
