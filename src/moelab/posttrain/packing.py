@@ -150,11 +150,15 @@ class PackedLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = self.state_dict()
-        for key in _MUST_MATCH:
-            if state.get(key) != mine[key]:
-                raise ValueError(
-                    f"data state was saved with {key}={state.get(key)!r}, but this run has "
-                    f"{key}={mine[key]!r}; cannot resume exactly"
-                )
+        check_resumable(state, self.state_dict(), _MUST_MATCH)
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+def check_resumable(state: dict[str, Any], mine: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse a saved data position whose settings differ from this run's in any of ``keys``."""
+    for key in keys:
+        if state.get(key) != mine[key]:
+            raise ValueError(
+                f"data state was saved with {key}={state.get(key)!r}, but this run has "
+                f"{key}={mine[key]!r}; cannot resume exactly"
+            )

@@ -22,7 +22,7 @@ import torch
 
 from moelab.infer.chat import ChatTemplate, Message
 from moelab.posttrain.data import RecordError, check_conversation
-from moelab.posttrain.packing import IGNORE, Example
+from moelab.posttrain.packing import IGNORE, Example, check_resumable
 from moelab.posttrain.render import encode_chat
 from moelab.tokens.tokenizer import Tokenizer
 
@@ -141,11 +141,5 @@ class PairLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = self.state_dict()
-        for key in _MUST_MATCH:
-            if state.get(key) != mine[key]:
-                raise ValueError(
-                    f"data state was saved with {key}={state.get(key)!r}, but this run has "
-                    f"{key}={mine[key]!r}; cannot resume exactly"
-                )
+        check_resumable(state, self.state_dict(), _MUST_MATCH)
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])

@@ -263,19 +263,8 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         if self.dist.pipeline is not None:
             return self._pipeline_train_step()
-        cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
-        global_batch = global_batch_at(st.tokens, cfg.batch)
-        per_step = cfg.batch.micro_batch_size * self.dist.dp_size
-        if global_batch % per_step:
-            raise ValueError(
-                f"global batch {global_batch} is not a multiple of micro_batch_size × data-parallel "
-                f"ranks ({cfg.batch.micro_batch_size} × {self.dist.dp_size})"
-            )
-        accum = global_batch // per_step
-        lr = lr_at(st.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        global_batch, accum, lr = self._begin_step()
         ce_sum, part_sums, counts = 0.0, {}, None
         for batch in self._step_batches(accum):
             ce, parts, c = self._micro_step(batch, accum)
@@ -284,67 +273,73 @@ class Trainer:
                 part_sums[k] = part_sums.get(k, 0.0) + v
             if c is not None:
                 counts = c if counts is None else counts + c
-        grad_norm = self.dist.clip_grads_(self.model, cfg.optim.grad_clip or float("inf"))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._optimizer_step()
         if counts is not None:
             self.dist.sum_(counts)  # the whole global batch, reduced exactly once per step
-            update_expert_bias(self.model, counts, cfg.balance.bias_update_rate)
-        st.step += 1
-        tokens = global_batch * cfg.batch.seq_len
-        st.tokens += tokens
-        seconds = time.perf_counter() - t0
-        record = {
-            "step": st.step,
-            "tokens": st.tokens,
+            update_expert_bias(self.model, counts, self.cfg.balance.bias_update_rate)
+        losses = {
             "loss": self.dist.mean(ce_sum / accum),
             **{k: self.dist.mean(v / accum) for k, v in part_sums.items()},
-            "lr": lr,
-            "grad_norm": grad_norm.item(),
-            "global_batch": global_batch,
-            "tokens_per_s": tokens / seconds,
-            "mfu": self._mfu(tokens / seconds),
         }
-        if counts is not None:
-            record.update(load_metrics(counts))
-        return record
+        return self._end_step(t0, global_batch, lr, losses, grad_norm, counts)
 
     def _pipeline_train_step(self) -> dict[str, Any]:
         """Pipeline parallelism: the global batch as micro batches through the schedule."""
-        cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
-        global_batch = global_batch_at(st.tokens, cfg.batch)
+        global_batch, accum, lr = self._begin_step()
+        batches = [next(self.batches) for _ in range(accum)]
+        inputs = torch.cat([b.inputs for b in batches])
+        targets = torch.cat([b.targets for b in batches])
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        ):
+            ce, parts, counts, local_counts = self.dist.pipeline.step(inputs, targets, accum)
+        grad_norm = self._optimizer_step()
+        if local_counts is not None:
+            update_expert_bias(self.model, local_counts, self.cfg.balance.bias_update_rate)
+        return self._end_step(t0, global_batch, lr, {"loss": ce, **parts}, grad_norm, counts)
+
+    def _begin_step(self) -> tuple[int, int, float]:
+        """This step's global batch (the ramp), micro batches per rank, and learning rate (set)."""
+        cfg = self.cfg
+        global_batch = global_batch_at(self.state.tokens, cfg.batch)
         per_step = cfg.batch.micro_batch_size * self.dist.dp_size
         if global_batch % per_step:
             raise ValueError(
                 f"global batch {global_batch} is not a multiple of micro_batch_size × data-parallel "
                 f"ranks ({cfg.batch.micro_batch_size} × {self.dist.dp_size})"
             )
-        accum = global_batch // per_step
-        lr = lr_at(st.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
+        lr = lr_at(self.state.step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = [next(self.batches) for _ in range(accum)]
-        inputs = torch.cat([b.inputs for b in batches])
-        targets = torch.cat([b.targets for b in batches])
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
-        ):
-            ce, parts, counts, local_counts = self.dist.pipeline.step(inputs, targets, accum)
-        grad_norm = self.dist.clip_grads_(self.model, cfg.optim.grad_clip or float("inf"))
+        return global_batch, global_batch // per_step, lr
+
+    def _optimizer_step(self) -> torch.Tensor:
+        """Clip (the global norm across ranks), step, clear; returns the norm before clipping."""
+        grad_norm = self.dist.clip_grads_(self.model, self.cfg.optim.grad_clip or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if local_counts is not None:
-            update_expert_bias(self.model, local_counts, cfg.balance.bias_update_rate)
+        return grad_norm
+
+    def _end_step(
+        self,
+        t0: float,
+        global_batch: int,
+        lr: float,
+        losses: dict[str, float],
+        grad_norm: torch.Tensor,
+        counts: torch.Tensor | None,
+    ) -> dict[str, Any]:
+        """Advance step and tokens; the metrics record of the step."""
+        st = self.state
         st.step += 1
-        tokens = global_batch * cfg.batch.seq_len
+        tokens = global_batch * self.cfg.batch.seq_len
         st.tokens += tokens
         seconds = time.perf_counter() - t0
         record = {
             "step": st.step,
             "tokens": st.tokens,
-            "loss": ce,
-            **parts,
+            **losses,
             "lr": lr,
             "grad_norm": grad_norm.item(),
             "global_batch": global_batch,
