@@ -66,7 +66,7 @@ def test_bos_aligned_packing_reaches_the_loader_and_resumes_exactly(tmp_path, sh
 
     full = cfg("a")
     trainer = Trainer(full, log=lambda *_: None)
-    loader = trainer.loader.loader
+    loader = trainer.loader.data
     assert loader.packing == "bos_aligned"
     doc_starts = {0, *(int(e) for e in loader.reader.doc_ends[:-1])}
     assert loader.num_rows > 0 and set(loader._starts.tolist()) <= doc_starts

@@ -29,7 +29,7 @@ from moelab.posttrain.config import DPOConfig
 from moelab.posttrain.data import load_jsonl
 from moelab.posttrain.packing import IGNORE
 from moelab.posttrain.pairs import PairBatch, PairLoader, dpo_pair
-from moelab.train.objective import Forward, ObjectiveLoss
+from moelab.train.objective import Forward, LoaderObjective, ObjectiveLoss
 
 REFERENCE_FILE = "reference_logps.pt"
 
@@ -66,7 +66,7 @@ def dpo_loss(
     return loss, metrics
 
 
-class DPOObjective:
+class DPOObjective(LoaderObjective):
     def __init__(
         self,
         data: PairLoader,
@@ -77,15 +77,6 @@ class DPOObjective:
         if (reference is None) == (table is None):
             raise ValueError("give exactly one of a reference model or a precomputed table")
         self.data, self.beta, self.reference, self.table = data, beta, reference, table
-
-    def __iter__(self):
-        return iter(self.data)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.data.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.data.load_state_dict(state)
 
     def reference_logps(self, forward: Forward, batch: PairBatch) -> torch.Tensor:
         """(2B,) reference log-probs of the batch's chosen then rejected rows."""

@@ -24,7 +24,7 @@ from moelab.posttrain.data import RecordError, check_conversation, load_jsonl
 from moelab.posttrain.packing import IGNORE, Example, PackedBatch, PackedLoader
 from moelab.posttrain.render import encode_chat
 from moelab.tokens.tokenizer import Tokenizer
-from moelab.train.objective import Forward, ObjectiveLoss
+from moelab.train.objective import Forward, LoaderObjective, ObjectiveLoss
 
 
 def sft_example(obj: Any, tokenizer: Tokenizer, template: ChatTemplate, max_tokens: int) -> Example:
@@ -38,20 +38,11 @@ def sft_example(obj: Any, tokenizer: Tokenizer, template: ChatTemplate, max_toke
     return Example(ids[:-1], targets)
 
 
-class SFTObjective:
+class SFTObjective(LoaderObjective):
     """Packed conversations; loss = mean cross-entropy over the step's assistant tokens."""
 
     def __init__(self, loader: PackedLoader, dist=None):
         self.data, self.dist = loader, dist
-
-    def __iter__(self):
-        return iter(self.data)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.data.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.data.load_state_dict(state)
 
     def prepare_step(self, batches: list[PackedBatch]) -> list[PackedBatch]:
         """Scale so that the trainer's 1/accum and the ranks' gradient mean give Σ nll / Σ tokens."""

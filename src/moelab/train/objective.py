@@ -44,20 +44,26 @@ class Objective(Protocol):
     def loss(self, forward: Forward, batch: Any) -> ObjectiveLoss: ...
 
 
-class PretrainObjective:
+class LoaderObjective:
+    """An objective whose batches and resumable position are those of its loader, ``self.data``."""
+
+    data: Any
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.data.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data.load_state_dict(state)
+
+
+class PretrainObjective(LoaderObjective):
     """Next-token cross-entropy over token-shard rows; the state is the loader's."""
 
     def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        return iter(self.loader)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
+        self.data = loader
 
     def loss(self, forward: Forward, batch) -> ObjectiveLoss:
         out = forward(batch.inputs)
