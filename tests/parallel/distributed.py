@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -24,12 +26,22 @@ def _worker(rank: int, world_size: int, port: int, fn, args) -> None:
         WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
     )
+    faulthandler.enable()  # a native abort in a worker prints its Python stack
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        # Every rank's collectives must have finished before any rank tears its group down: a
+        # gloo worker thread still holding work at teardown aborts the process (SIGABRT,
+        # "terminate called without an active exception"), which made EP tests flaky.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Success: leave without interpreter finalization, where gloo threads still holding Python
+    # tensors occasionally abort (pytorch/pytorch#179291). Failures above raise as usual.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(fn, world_size: int = 2, args: tuple = ()) -> None:
