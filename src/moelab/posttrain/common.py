@@ -10,10 +10,13 @@ render alike). Its files are copied into the run directory, so ``moelab export R
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from moelab.checkpoint.export import find_tokenizer
 from moelab.infer.chat import ChatTemplate, load_chat_template
+from moelab.posttrain.data import Loaded, load_jsonl
 from moelab.tokens.tokenizer import Tokenizer
 from moelab.train.config import TrainConfig
 
@@ -58,3 +61,11 @@ def pad_id(tokenizer: Tokenizer) -> int:
         if candidate is not None:
             return candidate
     return 0
+
+
+def load_records(cfg: TrainConfig, trainer, parse: Callable[[Any], Any]) -> Loaded:
+    """``data.path`` parsed record by record; rank 0 lists the skipped lines in the run dir."""
+    loaded = load_jsonl(cfg.data.path, parse, cfg.data.on_error, log=trainer.log)
+    if loaded.problems and trainer.dist.is_rank0:
+        (trainer.out_dir / "data_problems.txt").write_text("\n".join(loaded.problems) + "\n")
+    return loaded

@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from moelab.model.transformer import MoETransformer, build_model
-from moelab.posttrain.common import chat_setup, pad_id
+from moelab.posttrain.common import chat_setup, load_records, pad_id
 from moelab.posttrain.config import DPOConfig
-from moelab.posttrain.data import load_jsonl
 from moelab.posttrain.packing import IGNORE
 from moelab.posttrain.pairs import PairBatch, PairLoader, dpo_pair
 from moelab.train.objective import Forward, LoaderObjective, ObjectiveLoss
@@ -138,16 +137,11 @@ def precompute_reference(
 def build_dpo(cfg: DPOConfig, trainer) -> DPOObjective:
     """The objective factory the Trainer calls (after the model, before resuming)."""
     tokenizer, template = chat_setup(cfg, write=trainer.dist.is_rank0)
-    loaded = load_jsonl(
-        cfg.data.path,
-        lambda obj: dpo_pair(obj, tokenizer, template, cfg.batch.seq_len + 1),
-        cfg.data.on_error,
-        log=trainer.log,
+    loaded = load_records(
+        cfg, trainer, lambda obj: dpo_pair(obj, tokenizer, template, cfg.batch.seq_len + 1)
     )
     for i, pair in enumerate(loaded.records):
         pair.index = i
-    if loaded.problems and trainer.dist.is_rank0:
-        (trainer.out_dir / "data_problems.txt").write_text("\n".join(loaded.problems) + "\n")
     trainer.log(
         f"dpo data: {len(loaded.records)} pairs ({len(loaded.problems)} skipped), "
         f"template {template.name}, β={cfg.dpo.beta}, reference={cfg.dpo.reference}"

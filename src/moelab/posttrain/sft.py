@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from moelab.infer.chat import ChatTemplate
-from moelab.posttrain.common import chat_setup, pad_id
+from moelab.posttrain.common import chat_setup, load_records, pad_id
 from moelab.posttrain.config import SFTConfig
-from moelab.posttrain.data import RecordError, check_conversation, load_jsonl
+from moelab.posttrain.data import RecordError, check_conversation
 from moelab.posttrain.packing import IGNORE, Example, PackedBatch, PackedLoader
 from moelab.posttrain.render import encode_chat
 from moelab.tokens.tokenizer import Tokenizer
@@ -71,16 +71,11 @@ class SFTObjective(LoaderObjective):
 def build_sft(cfg: SFTConfig, trainer) -> SFTObjective:
     """The objective factory the Trainer calls (after the model, before resuming)."""
     tokenizer, template = chat_setup(cfg, write=trainer.dist.is_rank0)
-    loaded = load_jsonl(
-        cfg.data.path,
-        lambda obj: sft_example(obj, tokenizer, template, cfg.batch.seq_len + 1),
-        cfg.data.on_error,
-        log=trainer.log,
+    loaded = load_records(
+        cfg, trainer, lambda obj: sft_example(obj, tokenizer, template, cfg.batch.seq_len + 1)
     )
     for example, line in zip(loaded.records, loaded.lines, strict=True):
         example.line = line
-    if loaded.problems and trainer.dist.is_rank0:
-        (trainer.out_dir / "data_problems.txt").write_text("\n".join(loaded.problems) + "\n")
     trained = sum(int((e.targets != IGNORE).sum()) for e in loaded.records)
     trainer.log(
         f"sft data: {len(loaded.records)} conversations, {trained:,} assistant tokens "
