@@ -30,6 +30,8 @@ def test_inconsistent_layouts_are_refused(dims, world, experts, match):
 def test_field_validation():
     with pytest.raises(ConfigError, match="dp_shard"):
         ParallelDims.from_dict({"dp_shard": 0})
+    with pytest.raises(ConfigError, match="ep_overlap_chunks: must be >= 1, got 0"):
+        ParallelDims.from_dict({"ep": 2, "ep_overlap_chunks": 0})
 
 
 def test_unknown_pipeline_schedule_names_the_field():

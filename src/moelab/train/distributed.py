@@ -163,7 +163,7 @@ def parallelize(
             dp_group=ctx.dp_group,
         )
     if ctx.enabled and dims.ep > 1:  # on the pipeline rank's own layers when pp > 1
-        apply_expert_parallel(model, mesh=ctx.meshes["ep"])
+        apply_expert_parallel(model, mesh=ctx.meshes["ep"], overlap_chunks=dims.ep_overlap_chunks)
     apply_activation_checkpointing(model, dims.activation_checkpoint, dims.ac_every)
     if ctx.pipeline is not None:
         if ctx.dp_size > 1:
