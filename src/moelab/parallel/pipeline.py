@@ -120,8 +120,8 @@ def splits_backward(schedule: str) -> bool:
     (zero bubble: ZBVZeroBubble, InterleavedZeroBubble, DualPipeV).
 
     FSDP inside such stages must keep parameters unsharded from forward to backward
-    (``reshard_after_forward=False``, as torchtitan does for these schedules): with resharding,
-    the weight-gradient pass runs outside the backward FSDP's hooks unshard for, and a 4-rank
+    (``reshard_after_forward=False``). The weight-gradient pass runs as a separate autograd call
+    after the input-gradient pass; with resharding (cause not traced further) a 4-rank
     ZBV × EP × FSDP run got wrong gradients from the first step (norm 0.88 against the single
     process's 1.17; losses 0.4 apart after 6 steps).
     """
