@@ -139,8 +139,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--layouts",
+        nargs="+",
+        default=list(LAYOUTS),
+        choices=list(LAYOUTS),
+        help="single always runs",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "distributed_cpu.json"
+    )
     args = ap.parse_args()
-    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    layouts = {k: v for k, v in LAYOUTS.items() if k == "single" or k in args.layouts}
+    times: dict[str, list[float]] = {name: [] for name in layouts}
     losses: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -149,7 +160,7 @@ def main() -> None:
         cfg_path = tmp / "bench.yaml"
         cfg.to_yaml(cfg_path)
         for r in range(args.rounds):
-            for name, (nproc, overrides) in LAYOUTS.items():
+            for name, (nproc, overrides) in layouts.items():
                 records = run_layout(cfg_path, tmp / f"{name}_{r}", nproc, overrides)
                 tokens_per_step = cfg.batch.global_batch_size * cfg.batch.seq_len
                 times[name] += [
@@ -161,7 +172,7 @@ def main() -> None:
                 print(f"round {r} {name}: median {statistics.median(times[name]) * 1e3:.1f} ms")
     ref = statistics.median(times["single"])
     table = {}
-    for name in LAYOUTS:
+    for name in layouts:
         med = statistics.median(times[name])
         diff = max(abs(a - b) for a, b in zip(losses[name], losses["single"], strict=True))
         table[name] = {
@@ -176,6 +187,7 @@ def main() -> None:
         "device": device_name(),
         "moelab_version": moelab.__version__,
         "config": {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds},
+        "layout_args": {k: v[1] for k, v in layouts.items()},
         "layouts": table,
         "dots_llm1_a2a_MB_per_token_rank_bf16": {
             ep: round(dots_a2a_per_token(ep) / 1e6, 3) for ep in (2, 8, 16, 32)
@@ -198,8 +210,7 @@ def main() -> None:
             f"  EP={ep:>2}: {per_token / 1e6:.3f} MB per token, "
             f"{per_token * DOTS_TOKENS_PER_RANK / 1e9:.1f} GB per {DOTS_TOKENS_PER_RANK} tokens"
         )
-    out = Path(__file__).parent / "results" / "distributed_cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
