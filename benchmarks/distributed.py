@@ -1,7 +1,8 @@
 """Step time and communication volume per step of `moelab train` layouts on CPU (gloo).
 
 Every layout trains the same model on the same global batch: one process (the reference),
-FSDP2 on 2 ranks, EP=2 (+FSDP 2) and PP=2 (1F1B). Each run is ``moelab train`` (under torchrun
+FSDP2 on 2 ranks, EP=2 (+FSDP 2), the same with the all-to-all overlapped in 4 chunks
+(``parallel.ep_overlap_chunks=4``) and PP=2 (1F1B). Each run is ``moelab train`` (under torchrun
 for the distributed ones) with the same YAML; step time is the median of ``tokens /
 tokens_per_s`` from metrics.jsonl after the warm-up steps. Layouts run round-robin, ``--rounds``
 times, so background load hits them alike; the report gives each median and its ratio to the
@@ -17,8 +18,9 @@ Communication per step and rank is computed from the config (not measured on the
 * PP: each stage boundary carries the activations (B·T·D·4 bytes) forward and their gradient
   back, per micro batch.
 
-It also prints the expected all-to-all volume per token for the dots.llm1 preset at several EP
-degrees (the same formula in bf16), to be checked on GPUs later.
+It also prints the expected all-to-all volume for the dots.llm1 preset at several EP degrees
+(the same formula in bf16), per token and per micro batch of 8192 tokens on a rank, to be
+checked on GPUs later.
 
 Usage:
     python -P benchmarks/distributed.py [--rounds 2] [--steps 12]
@@ -49,8 +51,11 @@ LAYOUTS = {
     "single": (1, []),
     "fsdp2": (2, []),
     "ep2": (2, ["parallel.ep=2"]),
+    "ep2_overlap4": (2, ["parallel.ep=2", "parallel.ep_overlap_chunks=4"]),
     "pp2_1f1b": (2, ["parallel.pp=2", "parallel.pp_schedule=1F1B"]),
 }
+DOTS_TOKENS_PER_RANK = 8192
+"""Tokens one EP rank routes per micro batch for the dots.llm1 estimate (one 8K sequence)."""
 
 
 def make_shards(directory: Path, docs: int = 400) -> Path:
@@ -106,11 +111,11 @@ def comm_bytes_per_step(cfg: TrainConfig, layout: str) -> dict[str, float]:
     tokens_rank = b.global_batch_size * b.seq_len / (1 if layout.startswith("pp") else 2)
     micro_steps = b.global_batch_size // b.micro_batch_size // (1 if layout.startswith("pp") else 2)
     out = {}
-    if layout in ("fsdp2", "ep2"):
+    if layout in ("fsdp2", "ep2", "ep2_overlap4"):
         experts = m.num_moe_layers * m.moe.num_experts * 3 * m.moe.expert_intermediate_size
-        sharded = params - (experts * m.hidden_size if layout == "ep2" else 0)
+        sharded = params - (experts * m.hidden_size if layout.startswith("ep") else 0)
         out["fsdp"] = 3 * sharded * 4 * (1 / 2) * micro_steps  # 2 all-gathers + reduce-scatter
-    if layout == "ep2":
+    if layout.startswith("ep"):
         out["all_to_all"] = 4 * m.num_moe_layers * tokens_rank * m.moe.top_k * m.hidden_size * 4 / 2
     if layout.startswith("pp"):
         out["p2p"] = 2 * b.global_batch_size * b.seq_len * m.hidden_size * 4 / 2
@@ -134,8 +139,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--layouts",
+        nargs="+",
+        default=list(LAYOUTS),
+        choices=list(LAYOUTS),
+        help="single always runs",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "distributed_cpu.json"
+    )
     args = ap.parse_args()
-    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    layouts = {k: v for k, v in LAYOUTS.items() if k == "single" or k in args.layouts}
+    times: dict[str, list[float]] = {name: [] for name in layouts}
     losses: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -144,7 +160,7 @@ def main() -> None:
         cfg_path = tmp / "bench.yaml"
         cfg.to_yaml(cfg_path)
         for r in range(args.rounds):
-            for name, (nproc, overrides) in LAYOUTS.items():
+            for name, (nproc, overrides) in layouts.items():
                 records = run_layout(cfg_path, tmp / f"{name}_{r}", nproc, overrides)
                 tokens_per_step = cfg.batch.global_batch_size * cfg.batch.seq_len
                 times[name] += [
@@ -156,7 +172,7 @@ def main() -> None:
                 print(f"round {r} {name}: median {statistics.median(times[name]) * 1e3:.1f} ms")
     ref = statistics.median(times["single"])
     table = {}
-    for name in LAYOUTS:
+    for name in layouts:
         med = statistics.median(times[name])
         diff = max(abs(a - b) for a, b in zip(losses[name], losses["single"], strict=True))
         table[name] = {
@@ -171,14 +187,30 @@ def main() -> None:
         "device": device_name(),
         "moelab_version": moelab.__version__,
         "config": {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds},
+        "layout_args": {k: v[1] for k, v in layouts.items()},
         "layouts": table,
         "dots_llm1_a2a_MB_per_token_rank_bf16": {
             ep: round(dots_a2a_per_token(ep) / 1e6, 3) for ep in (2, 8, 16, 32)
         },
+        f"dots_llm1_a2a_GB_per_rank_per_micro_batch_of_{DOTS_TOKENS_PER_RANK}_tokens_bf16": {
+            ep: round(dots_a2a_per_token(ep) * DOTS_TOKENS_PER_RANK / 1e9, 2)
+            for ep in (2, 8, 16, 32)
+        },
+        "load_avg_1min": os.getloadavg()[0],
     }
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "distributed_cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    m = ModelConfig.from_dict({"preset": "dots.llm1"})
+    print(
+        f"dots.llm1 ({m.num_moe_layers} MoE layers, top-{m.moe.top_k}, hidden {m.hidden_size}), "
+        "expected all-to-all per rank, bf16, uniform routing, forward + backward:"
+    )
+    for ep in (2, 8, 16, 32):
+        per_token = dots_a2a_per_token(ep)
+        print(
+            f"  EP={ep:>2}: {per_token / 1e6:.3f} MB per token, "
+            f"{per_token * DOTS_TOKENS_PER_RANK / 1e9:.1f} GB per {DOTS_TOKENS_PER_RANK} tokens"
+        )
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

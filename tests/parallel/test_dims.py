@@ -30,6 +30,8 @@ def test_inconsistent_layouts_are_refused(dims, world, experts, match):
 def test_field_validation():
     with pytest.raises(ConfigError, match="dp_shard"):
         ParallelDims.from_dict({"dp_shard": 0})
+    with pytest.raises(ConfigError, match="ep_overlap_chunks: must be >= 1, got 0"):
+        ParallelDims.from_dict({"ep": 2, "ep_overlap_chunks": 0})
 
 
 def test_unknown_pipeline_schedule_names_the_field():
@@ -37,21 +39,13 @@ def test_unknown_pipeline_schedule_names_the_field():
         ParallelDims.from_dict({"pp": 2, "pp_schedule": "Zigzag"})
 
 
-@pytest.mark.parametrize("schedule", ["ZBVZeroBubble", "DualPipeV", "InterleavedZeroBubble"])
-def test_zero_bubble_schedules_with_data_parallel_stages_are_refused_by_name(schedule):
-    from moelab.train.distributed import _check_supported
+def test_zero_bubble_schedules_are_the_ones_that_split_the_backward():
+    from moelab.parallel.pipeline import splits_backward
 
-    for refused in (
-        ParallelDims(pp=2, ep=2),
-        ParallelDims(pp=2),
-        ParallelDims(pp=2, dp_replicate=2),
-    ):
-        refused.pp_schedule = schedule
-        with pytest.raises(ConfigError, match=rf"pp_schedule: {schedule} splits the backward"):
-            _check_supported(refused.resolve(world_size=4, num_experts=8))
-    _check_supported(ParallelDims(pp=4, pp_schedule=schedule).resolve(world_size=4))  # pp alone
-    for fine in ("1F1B", "Interleaved1F1B", "GPipe"):
-        _check_supported(ParallelDims(pp=2, ep=2, pp_schedule=fine).resolve(4, 8))
+    for name in ("ZBVZeroBubble", "DualPipeV", "InterleavedZeroBubble"):
+        assert splits_backward(name)
+    for name in ("1F1B", "GPipe", "Interleaved1F1B", "LoopedBFS"):
+        assert not splits_backward(name)
 
 
 def test_pipeline_refuses_tied_embeddings():

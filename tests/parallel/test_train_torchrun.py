@@ -57,7 +57,11 @@ def test_fsdp_training_matches_single_process_and_resumes_from_dcp(tmp_path):
     cfg.to_yaml(cfg_path)
     _torchrun(cfg_path)
     dist_losses = _losses(tmp_path / "dist" / "run")
-    assert dist_losses == pytest.approx(_losses(tmp_path / "single" / "run"), rel=1e-5)
+    single_losses = _losses(tmp_path / "single" / "run")
+    print(
+        f"max |loss diff| {max(abs(a - b) for a, b in zip(dist_losses, single_losses, strict=True)):.2e}"
+    )
+    assert dist_losses == pytest.approx(single_losses, abs=1e-6, rel=0)
     ckpt = tmp_path / "dist" / "run" / "step_00000010"
     assert json.loads((ckpt / "meta.json").read_text())["format"] == "dcp"
 

@@ -8,14 +8,16 @@ The combine matches transformers' grouped_mm experts path bit for bit: the produ
 ``expert_out * weight`` takes the wider of the two dtypes (fp32 for dots, whose weights are fp32),
 the K products are summed with ``sum(dim=1)`` and cast once to the activation dtype.
 
-An all-to-all dispatcher for expert parallelism implements the same two methods; the
-experts only ever see (sorted tokens, counts).
+An all-to-all dispatcher for expert parallelism implements the same methods; the experts only
+ever see (sorted tokens, counts). ``run`` (dispatch → experts → combine) is what ``MoELayer``
+calls, so an EP dispatcher can pipeline the three over chunks of tokens.
 
 Shapes: T tokens, K top_k, S = T*K assignments, D hidden, E experts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +59,17 @@ class LocalDispatcher:
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return x_sorted_SD, counts_E, DispatchState(order, inverse, weights_TK, T, K, x_TD.dtype)
+
+    def run(
+        self,
+        x_TD: torch.Tensor,
+        expert_ids_TK: torch.Tensor,
+        weights_TK: torch.Tensor,
+        experts: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """dispatch → ``experts(x_SD, counts_E)`` → combine; an EP dispatcher may pipeline these."""
+        x_sorted_SD, counts_E, state = self.dispatch(x_TD, expert_ids_TK, weights_TK)
+        return self.combine(experts(x_sorted_SD, counts_E), state)
 
     def combine(self, y_SD: torch.Tensor, state: DispatchState) -> torch.Tensor:
         """Weighted sum over each token's K expert outputs, in the original token order."""

@@ -51,10 +51,7 @@ class MoELayer(nn.Module):
             y_TKD = self.experts.forward_gathered(x_ND, routing.expert_ids_TK)
             y_ND = weighted_sum(y_TKD, routing.weights_TK, x_ND.dtype)
             return self._add_shared(y_ND.view(B, T, D), x_BTD), routing
-        x_sorted, counts, state = self.dispatcher.dispatch(
-            x_ND, routing.expert_ids_TK, routing.weights_TK
-        )
-        y_ND = self.dispatcher.combine(self.experts(x_sorted, counts), state)
+        y_ND = self.dispatcher.run(x_ND, routing.expert_ids_TK, routing.weights_TK, self.experts)
         return self._add_shared(y_ND.view(B, T, D), x_BTD), routing
 
     def _gather(self, assignments: int) -> bool:

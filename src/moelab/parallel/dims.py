@@ -22,6 +22,9 @@ class ParallelDims(Config):
     """FSDP shard group size; -1 = whatever the world size leaves."""
     ep: int = 1
     """Expert-parallel degree; must divide dp_shard and the number of experts."""
+    ep_overlap_chunks: int = 1
+    """Pieces each MoE layer's tokens are split into so one piece's all-to-all overlaps the
+    previous piece's expert compute (forward); 1 = no overlap. Only with ep > 1."""
     pp: int = 1
     """Pipeline ranks (stages = pp × stages per rank of the schedule)."""
     pp_schedule: str = "1F1B"
@@ -34,7 +37,14 @@ class ParallelDims(Config):
     """selective: checkpoint blocks 0, n, 2n, ... (applies in one process too)."""
 
     def validate(self, path: str) -> None:
-        for name in ("dp_replicate", "ep", "pp", "pp_stages_per_rank", "ac_every"):
+        for name in (
+            "dp_replicate",
+            "ep",
+            "ep_overlap_chunks",
+            "pp",
+            "pp_stages_per_rank",
+            "ac_every",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"{path}.{name}" if path else name, f"must be >= 1, got {getattr(self, name)}"

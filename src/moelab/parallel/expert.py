@@ -6,7 +6,10 @@
   counts (one all-to-all of E integers), then the tokens (one variable-split all-to-all), and
   regroup what arrived from every source rank into local-expert order;
 * combine: the exact reverse (regroup back, all-to-all back), then the same weighted sum over
-  the k slots as the local dispatcher, so results equal the single-device model's.
+  the k slots as the local dispatcher, so results equal the single-device model's;
+* run (what ``MoELayer`` calls): dispatch → experts → combine; with ``chunks`` > 1
+  (``parallel.ep_overlap_chunks``) pipelined over pieces of the tokens so each piece's
+  all-to-all overlaps the previous piece's expert compute (funcol's async all-to-all).
 
 The sliced expert weights stay plain local tensors (the grouped GEMM sees them unchanged);
 each is tagged with ``common.sharding.LOCAL_SHARD_ATTR`` = the ep mesh, so gradient reduction,
@@ -22,6 +25,7 @@ El = E / ep local experts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,52 +49,129 @@ class A2AState:
     out_dtype: torch.dtype
 
 
+def _a2a_async(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group):
+    """Start a differentiable all-to-all; the result waits for the transfer on first use."""
+    return fc.all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group)
+
+
 def _a2a(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
-    out = fc.all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group)
+    out = _a2a_async(x, out_splits, in_splits, group)
     return fc.wait_tensor(out) if hasattr(fc, "wait_tensor") else out
 
 
+def _sort_by_expert(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, num_experts: int):
+    """(x_SD sorted by global expert, inverse permutation, tokens per expert E)."""
+    K = expert_ids_TK.shape[1]
+    flat = expert_ids_TK.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    x_sorted = x_TD.index_select(0, order // K)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    counts_E = torch.zeros(num_experts, dtype=torch.int64, device=x_TD.device)
+    counts_E.scatter_add_(0, flat, torch.ones_like(flat))
+    return x_sorted, inverse, counts_E
+
+
+def _inverse(perm: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(perm)
+    out[perm] = torch.arange(perm.numel(), device=perm.device)
+    return out
+
+
+def _combine_local(y_SD: torch.Tensor, inverse_S, weights_TK, out_dtype) -> torch.Tensor:
+    """Undo the sort and sum each token's K weighted expert outputs (as LocalDispatcher)."""
+    T, K = weights_TK.shape
+    y_TKD = y_SD.index_select(0, inverse_S).view(T, K, -1)
+    return (y_TKD * weights_TK.unsqueeze(-1)).sum(dim=1).to(out_dtype)
+
+
 class AllToAllDispatcher:
-    def __init__(self, num_experts: int, group: dist.ProcessGroup):
+    """All-to-all dispatch over an expert-parallel group; ``chunks`` > 1 pipelines ``run``.
+
+    With ``chunks`` = c, ``run`` splits the T tokens into c contiguous pieces, exchanges all
+    their expert counts in one all-to-all, starts every piece's token all-to-all at once, and
+    then computes the experts piece by piece: piece i's transfer runs while piece i-1's experts
+    compute, and piece i's combine all-to-all while piece i+1's do. Only the forward overlaps;
+    autograd's backward runs the reverse all-to-alls one after another.
+    """
+
+    def __init__(self, num_experts: int, group: dist.ProcessGroup, chunks: int = 1):
         self.group = group
         self.ep = dist.get_world_size(group)
         if num_experts % self.ep:
             raise ValueError(
                 f"{num_experts} experts do not split over {self.ep} expert-parallel ranks"
             )
+        if chunks < 1:
+            raise ValueError(f"ep_overlap_chunks must be >= 1, got {chunks}")
         self.num_experts, self.local_experts = num_experts, num_experts // self.ep
+        self.chunks = chunks
+
+    def _exchange_counts(self, counts_CE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One all-to-all of every chunk's counts: (sent, received), each (C, ep, El)."""
+        C = counts_CE.shape[0]
+        send = counts_CE.view(C, self.ep, self.local_experts).transpose(0, 1).contiguous()
+        recv = torch.empty_like(send)  # block r of send (C·El counts) goes to rank r
+        dist.all_to_all_single(recv, send, group=self.group)
+        return send.transpose(0, 1), recv.transpose(0, 1)
 
     def dispatch(self, x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor):
         T, K = expert_ids_TK.shape
-        flat = expert_ids_TK.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        x_sorted = x_TD.index_select(0, order // K)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        counts_E = torch.zeros(self.num_experts, dtype=torch.int64, device=x_TD.device)
-        counts_E.scatter_add_(0, flat, torch.ones_like(flat))
-        recv_counts = torch.empty_like(counts_E)
-        dist.all_to_all_single(recv_counts, counts_E, group=self.group)  # (ep, El) after the view
-        send_mat = counts_E.view(self.ep, self.local_experts)
-        recv_mat = recv_counts.view(self.ep, self.local_experts)
+        x_sorted, inverse, counts_E = _sort_by_expert(x_TD, expert_ids_TK, self.num_experts)
+        send_mat, recv_mat = (m[0] for m in self._exchange_counts(counts_E.unsqueeze(0)))
         send_splits = send_mat.sum(1).tolist()
         recv_splits = recv_mat.sum(1).tolist()
         x_recv = _a2a(x_sorted, recv_splits, send_splits, self.group)
-        regroup = _source_to_expert_order(recv_mat)
-        regroup_back = torch.empty_like(regroup)
-        regroup_back[regroup] = torch.arange(regroup.numel(), device=regroup.device)
-        x_local = x_recv.index_select(0, regroup.to(x_recv.device))
+        regroup = _source_to_expert_order(recv_mat).to(x_recv.device)
+        x_local = x_recv.index_select(0, regroup)
         state = A2AState(
-            inverse, regroup_back, weights_TK, send_splits, recv_splits, T, K, x_TD.dtype
+            inverse, _inverse(regroup), weights_TK, send_splits, recv_splits, T, K, x_TD.dtype
         )
         return x_local, recv_mat.sum(0), state
 
     def combine(self, y_RD: torch.Tensor, state: A2AState) -> torch.Tensor:
         y_recv = y_RD.index_select(0, state.regroup_back_R.to(y_RD.device))
         y_sorted = _a2a(y_recv, state.send_splits, state.recv_splits, self.group)
-        y_TKD = y_sorted.index_select(0, state.inverse_S).view(state.num_tokens, state.top_k, -1)
-        weighted = y_TKD * state.weights_TK.unsqueeze(-1)
-        return weighted.sum(dim=1).to(state.out_dtype)
+        return _combine_local(y_sorted, state.inverse_S, state.weights_TK, state.out_dtype)
+
+    def run(
+        self,
+        x_TD: torch.Tensor,
+        expert_ids_TK: torch.Tensor,
+        weights_TK: torch.Tensor,
+        experts: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """dispatch → experts → combine, pipelined over ``chunks`` pieces of the tokens."""
+        C = max(1, min(self.chunks, x_TD.shape[0]))
+        if C == 1:
+            x_local, counts, state = self.dispatch(x_TD, expert_ids_TK, weights_TK)
+            return self.combine(experts(x_local, counts), state)
+        pieces = list(
+            zip(
+                x_TD.tensor_split(C),
+                expert_ids_TK.tensor_split(C),
+                weights_TK.tensor_split(C),
+                strict=True,
+            )
+        )
+        sorts = [_sort_by_expert(x, ids, self.num_experts) for x, ids, _ in pieces]
+        send, recv = self._exchange_counts(torch.stack([s[2] for s in sorts]))
+        send_splits, recv_splits = send.sum(-1).tolist(), recv.sum(-1).tolist()  # one host sync
+        arriving = [  # every piece's transfer starts now; each is awaited where it is used
+            _a2a_async(s[0], recv_splits[c], send_splits[c], self.group)
+            for c, s in enumerate(sorts)
+        ]
+        returning = []
+        for c in range(C):
+            regroup = _source_to_expert_order(recv[c]).to(x_TD.device)
+            y_RD = experts(arriving[c].index_select(0, regroup), recv[c].sum(0))
+            y_back = y_RD.index_select(0, _inverse(regroup))
+            returning.append(_a2a_async(y_back, send_splits[c], recv_splits[c], self.group))
+        out = [
+            _combine_local(y, s[1], w, x_TD.dtype)
+            for y, s, (_, _, w) in zip(returning, sorts, pieces, strict=True)
+        ]
+        return torch.cat(out)
 
 
 def _source_to_expert_order(recv_mat: torch.Tensor) -> torch.Tensor:
@@ -116,12 +197,13 @@ def expert_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def apply_expert_parallel(
-    model: nn.Module, group: dist.ProcessGroup | None = None, mesh=None
+    model: nn.Module, group: dist.ProcessGroup | None = None, mesh=None, overlap_chunks: int = 1
 ) -> None:
     """Keep this rank's slice of every MoE layer's experts and swap in the all-to-all dispatcher.
 
     Pass either a process ``group`` or a 1-D ``mesh`` (the ``ep`` DeviceMesh); with a mesh the
-    parameters remember it, which DCP checkpoints need.
+    parameters remember it, which DCP checkpoints need. ``overlap_chunks`` > 1 pipelines each
+    layer's all-to-all with its expert compute (``AllToAllDispatcher``).
     """
     if mesh is not None:
         group = mesh.get_group()
@@ -132,7 +214,7 @@ def apply_expert_parallel(
         if not isinstance(module, MoELayer):
             continue
         experts = module.experts
-        dispatcher = AllToAllDispatcher(experts.num_experts, group)
+        dispatcher = AllToAllDispatcher(experts.num_experts, group, overlap_chunks)
         lo = ep_rank * dispatcher.local_experts
         hi = lo + dispatcher.local_experts
         with torch.no_grad():

@@ -19,7 +19,12 @@ import torch.distributed as dist
 from moelab.model.losses import cross_entropy
 from moelab.model.moe import MoELayer
 from moelab.model.transformer import MoETransformer
-from moelab.parallel.pipeline import AuxLossFn, build_schedule, build_stage_modules
+from moelab.parallel.pipeline import (
+    AuxLossFn,
+    build_schedule,
+    build_stage_modules,
+    splits_backward,
+)
 
 
 def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -75,9 +80,13 @@ class PipelineRunner:
 
     def shard(self, mesh, **fsdp_kw) -> None:
         """FSDP2 inside each stage (blocks, then the stage as root) over the data-parallel mesh;
-        the pipelining runtime then delays the reduce-scatter to the last micro batch."""
+        the pipelining runtime then delays the reduce-scatter to the last micro batch.
+
+        Zero-bubble schedules keep the parameters unsharded after the forward (``splits_backward``).
+        """
         from torch.distributed.fsdp import fully_shard
 
+        fsdp_kw.setdefault("reshard_after_forward", not splits_backward(self.schedule_name))
         for stage in self.modules:
             for block in stage.layers.values():
                 fully_shard(block, mesh=mesh, **fsdp_kw)

@@ -7,7 +7,7 @@ Supported layouts inside ``moelab train`` (``parallel.*``):
   dispatch), dense weights FSDP-sharded over dp; expert gradients reduced by ``parallel.grads``;
 * pipeline parallel (``pp`` > 1), alone or with FSDP/HSDP inside each stage (each pipeline
   replica reads its own data) and with EP on each stage's layers; zero-bubble schedules (split
-  backward) only with pp alone (refused with data-parallel stages).
+  backward: ZBV, DualPipeV) keep FSDP's parameters unsharded between forward and backward.
 
 Activation checkpointing (``parallel.activation_checkpoint``) applies in one process as well.
 The order is fixed: pipeline split, expert parallelism, activation checkpointing, FSDP
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from moelab.config import ConfigError
 from moelab.parallel.activation import apply_activation_checkpointing
 from moelab.parallel.dims import ParallelDims
 from moelab.parallel.env import init_distributed, is_distributed, world_size
@@ -100,33 +99,11 @@ class DistContext:
         )
 
 
-# Schedules that split the backward into input- and weight-gradient passes. With data-parallel
-# stages (FSDP inside the stage, which EP implies) they gave wrong losses on CPU/gloo (|Δ| 0.4
-# after 6 steps), so they are refused there until that is understood; alone they are exact.
-_SPLIT_BACKWARD = {"ScheduleZBVZeroBubble", "ScheduleInterleavedZeroBubble", "ScheduleDualPipeV"}
-
-
-def _check_supported(dims: ParallelDims) -> None:
-    if dims.pp == 1 or dims.dp_size == 1:
-        return
-    from torch.distributed.pipelining.schedules import get_schedule_class
-
-    if get_schedule_class(dims.pp_schedule).__name__ in _SPLIT_BACKWARD:
-        raise ConfigError(
-            "parallel.pp_schedule",
-            f"{dims.pp_schedule} splits the backward (zero bubble), which is not supported yet "
-            f"with data-parallel stages (dp_shard={dims.dp_shard}, dp_replicate="
-            f"{dims.dp_replicate}, ep={dims.ep}); use 1F1B, GPipe, Interleaved1F1B or LoopedBFS, "
-            "or this schedule with pp alone",
-        )
-
-
 def setup(dims: ParallelDims, device: str, num_experts: int) -> DistContext:
     if not is_distributed():
         return DistContext(False, torch.device(device), dims=dims)
     dev = init_distributed(torch.device(device).type)
     resolved = dims.resolve(world_size(), num_experts)
-    _check_supported(resolved)
     meshes = resolved.build_mesh(dev.type)
     dp_mesh, fsdp_mesh = meshes["dp"], meshes["fsdp"]
     return DistContext(
@@ -163,7 +140,7 @@ def parallelize(
             dp_group=ctx.dp_group,
         )
     if ctx.enabled and dims.ep > 1:  # on the pipeline rank's own layers when pp > 1
-        apply_expert_parallel(model, mesh=ctx.meshes["ep"])
+        apply_expert_parallel(model, mesh=ctx.meshes["ep"], overlap_chunks=dims.ep_overlap_chunks)
     apply_activation_checkpointing(model, dims.activation_checkpoint, dims.ac_every)
     if ctx.pipeline is not None:
         if ctx.dp_size > 1:
