@@ -22,32 +22,49 @@ from moelab.data.document import Document
 
 
 def test_numpy_minhash_is_bit_exact_against_python_integers():
-    mh = NumpyMinHash(64, seed=3)
+    P = MERSENNE_61
+    base = NumpyMinHash(64, seed=3)
+    a, b = base.a.copy(), base.b.copy()
+    a[:4] = [P - 1, 1, 2**60, 1]
+    b[:4] = [P - 1, 0, 1, P - 1]  # slot 3 maps shingle 1 to exactly P before the last "- P"
+    mh = NumpyMinHash(64, seed=3, a=a, b=b)
     rng = np.random.default_rng(0)
     shingles = rng.integers(0, 2**64, size=50, dtype=np.uint64)
-    edges = [0, 1, MERSENNE_61 - 1, MERSENNE_61, MERSENNE_61 + 1, 2**62, 2**64 - 1]
+    edges = [0, 1, P - 1, P, P + 1, 2**62, 2**64 - 1]
     shingles = np.r_[shingles, np.array(edges, dtype=np.uint64)]
-    mh.a[:3] = [MERSENNE_61 - 1, 1, 2**60]
-    mh.b[:3] = [MERSENNE_61 - 1, 0, 1]
     table = [
-        [
-            (int(a) * (int(x) % MERSENNE_61) + int(b)) % MERSENNE_61
-            for a, b in zip(mh.a, mh.b, strict=True)
-        ]
+        [(int(a) * (int(x) % P) + int(b)) % P for a, b in zip(mh.a, mh.b, strict=True)]
         for x in shingles
     ]
-    reduced = np.array([int(x) % MERSENNE_61 for x in shingles], dtype=np.uint64)
+    reduced = np.array([int(x) % P for x in shingles], dtype=np.uint64)
     assert mh._hash(reduced).tolist() == table, "every (shingle, hash) value, edges included"
-    assert mh.signature(shingles).tolist() == [min(col) for col in zip(*table, strict=True)]
+    signature = mh.signature(shingles).tolist()
+    assert signature == [min(col) for col in zip(*table, strict=True)]
+    assert signature[3] == 0, "the block holding a value equal to P was reduced before its min"
 
 
-def test_numpy_batched_signatures_equal_per_document_ones():
+def test_numpy_blocked_signatures_equal_the_per_document_minimum_of_every_hash():
+    """The blocked, transposed batch path (blocks spanning and cutting documents, empty ones
+    between) against the column minimum of the one-by-one hash table, value for value."""
     mh = NumpyMinHash(128, seed=4)
     rng = np.random.default_rng(2)
-    sets = [rng.integers(0, 2**64, size=k, dtype=np.uint64) for k in (5, 0, 3000, 1, 40, 0, 7)]
-    offsets = np.r_[0, np.cumsum([len(x) for x in sets])]
-    flat = np.concatenate(sets)
-    assert np.array_equal(mh.signatures_flat(flat, offsets), mh.signatures(sets))
+    sizes = (5, 0, 3000, 1, 40, 0, 7, mh.step, 2 * mh.step + 1, 0)
+    sets = [rng.integers(0, 2**64, size=k, dtype=np.uint64) for k in sizes]
+    offsets = np.r_[0, np.cumsum(sizes)]
+    got = mh.signatures_flat(np.concatenate(sets), offsets)
+    empty = np.iinfo(np.uint64).max
+    for row, s in zip(got, sets, strict=True):
+        reduced = np.array([int(x) % MERSENNE_61 for x in s], dtype=np.uint64)
+        want = mh._hash(reduced).min(axis=0) if len(s) else np.full(128, empty, np.uint64)
+        assert np.array_equal(row, want)
+    assert np.array_equal(got, mh.signatures(sets))
+
+
+def test_numpy_minhash_rejects_parameters_outside_the_field():
+    with pytest.raises(ValueError, match="a must be"):
+        NumpyMinHash(2, seed=0, a=np.array([0, 1], np.uint64), b=np.zeros(2, np.uint64))
+    with pytest.raises(ValueError, match="2 values"):
+        NumpyMinHash(2, seed=0, a=np.ones(3, np.uint64), b=np.zeros(2, np.uint64))
 
 
 def test_tokenize_uses_dots_normalisation_and_jieba_for_chinese():
