@@ -30,8 +30,11 @@ _CJK = __import__("re").compile(r"[\u3400-\u9fff]")
 
 
 _ASCII_PUNCT = {c: None for c in range(128) if unicodedata.category(chr(c)).startswith("P")}
-_ASCII_TOKEN_TEXT = {**_ASCII_PUNCT, 10: 32}
-"""Punctuation removed and newlines made spaces: batch_shingles separates documents by newline."""
+_ASCII_LOWER = bytes(range(256)).lower()
+_ASCII_TOKEN_BYTES = _ASCII_LOWER.replace(b"\n", b" ")
+"""Lower case and newlines made spaces: batch_shingles separates documents by newline."""
+_ASCII_PUNCT_BYTES = bytes(_ASCII_PUNCT)
+"""``bytes.translate`` lower-cases and deletes punctuation in one C pass, 4× ``str.translate``."""
 _IS_SPACE = np.zeros(256, dtype=bool)
 _IS_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
 """The bytes ``str.split()`` splits ASCII text on."""
@@ -42,7 +45,7 @@ _POWERS: list[np.ndarray] = [np.ones(1, np.uint64), np.ones(1, np.uint64)]
 def tokenize(text: str, zh_tokenizer: str = "jieba") -> list[str]:
     """Words of the dots-normalised text; jieba (or rjieba, or characters) when it has Chinese."""
     if text.isascii():  # NFD is the identity on ASCII and \p{P} is a fixed set: a fast path
-        return text.translate(_ASCII_PUNCT).lower().split()
+        return text.encode().translate(_ASCII_LOWER, _ASCII_PUNCT_BYTES).decode().split()
     norm = dots_normalize(text)
     if not _CJK.search(norm):
         return norm.split()
@@ -93,20 +96,26 @@ def batch_shingles(token_texts: list[str], n: int = 5) -> tuple[np.ndarray, np.n
     has one shingle of all its words, an empty one none. Duplicates are kept: a MinHash minimum
     does not change with them, and dropping them would cost a sort per document.
     """
-    if any("\n" in t for t in token_texts):
+    text = "\n".join(token_texts)
+    if text.count("\n") != len(token_texts) - 1:
         raise ValueError("token texts must not contain newlines (use token_text())")
-    buf = np.frombuffer("\n".join(token_texts).encode("utf-8"), dtype=np.uint8)
+    buf = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     docs = len(token_texts)
-    padded = np.zeros(len(buf) + 2, dtype=np.int8)
-    padded[1:-1] = ~_IS_SPACE[buf]
-    edges = np.diff(padded)
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    doc_breaks = np.flatnonzero(buf == 10)
+    # Word bytes are those above 32, and the few control bytes str.split() does not split on:
+    # a comparison plus a fix-up of the low bytes, 7x faster than a table lookup per byte.
+    word = np.zeros(len(buf) + 2, dtype=bool)
+    np.greater(buf, 32, out=word[1:-1])
+    low = np.flatnonzero(buf < 32)
+    word[low + 1] = ~_IS_SPACE[buf[low]]
+    edges = np.flatnonzero(word[1:] != word[:-1])
+    starts, ends = edges[0::2], edges[1::2]
+    doc_breaks = low[buf[low] == 10]
     word_doc = np.searchsorted(doc_breaks, starts)
     fwd, inv = _powers(len(buf) + 1)
     with np.errstate(over="ignore"):
         prefix = np.zeros(len(buf) + 1, dtype=np.uint64)
-        np.cumsum(buf.astype(np.uint64) * fwd[: len(buf)], out=prefix[1:])
+        np.multiply(buf, fwd[: len(buf)], out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
         raw = (prefix[ends] - prefix[starts]) * inv[starts]
         words = _fmix(raw ^ (ends - starts).astype(np.uint64))
     counts = np.bincount(word_doc, minlength=docs)
@@ -138,7 +147,7 @@ def batch_shingles(token_texts: list[str], n: int = 5) -> tuple[np.ndarray, np.n
 def token_text(text: str, zh_tokenizer: str = "jieba") -> str:
     """A document's tokens, space-separated (ASCII text is only stripped and lower-cased)."""
     if text.isascii():
-        return text.translate(_ASCII_TOKEN_TEXT).lower()
+        return text.encode().translate(_ASCII_TOKEN_BYTES, _ASCII_PUNCT_BYTES).decode()
     return " ".join(tokenize(text, zh_tokenizer))
 
 
