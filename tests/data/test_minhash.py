@@ -76,16 +76,32 @@ def test_tokenize_uses_dots_normalisation_and_jieba_for_chinese():
     assert len(shingle_hashes(["a", "b"], 5)) == 1
 
 
+def _chinese_texts(seed: int, n: int) -> list[str]:
+    """Dictionary-word paragraphs, raw and dots-normalised, random Han runs (the HMM path) and
+    Chinese mixed with letters, digits and rare characters."""
+    from moelab.data.normalize import dots_normalize
+    from moelab.data.synth.text import chinese_paragraph
+
+    rng = np.random.default_rng(seed)
+
+    def han(k: int) -> str:
+        return "".join(chr(c) for c in rng.integers(0x4E00, 0x9FD6, size=k))
+
+    texts = []
+    for i in range(n):
+        para = "".join(chinese_paragraph(rng, 4) for _ in range(2))
+        parts = [para[:40], "abc 12.5% x", han(20), "中文English混合a1b2", " 龘靐齉爩 ", "\r\n"]
+        mixed = "".join(parts[j] for j in rng.integers(0, len(parts), size=6))
+        texts.append((para, dots_normalize(para), han(int(rng.integers(1, 200))), mixed)[i % 4])
+    return texts
+
+
 def test_fused_jieba_gives_jiebas_tokens_exactly():
     import jieba
 
     from moelab.data.dedup import zh
-    from moelab.data.normalize import dots_normalize
-    from moelab.data.synth.text import chinese_paragraph
 
-    rng = np.random.default_rng(7)
-    texts = ["".join(chinese_paragraph(rng, 4) for _ in range(3)) for _ in range(12)]
-    texts = [*texts, *(dots_normalize(t) for t in texts)]
+    texts = _chinese_texts(7, 160)
     texts += [
         "结婚的和尚未结婚的 北京大学生前来应聘 乒乓球拍卖完了",  # classic ambiguous segmentations
         "中文 English mixed 123 文本, 还有-连字符_和%号 \r\n 空格  结束",
@@ -94,9 +110,39 @@ def test_fused_jieba_gives_jiebas_tokens_exactly():
         "的",
         "龘靐齉爩",  # rare characters: the HMM's unknown-run path
     ]
+    zh._STATE.get("hmm", {}).clear()
     for text in texts:
         assert zh.cut(text) == jieba.lcut(text), text
-    assert zh.cut(texts[0]) == jieba.lcut(texts[0]), "memoised HMM answers stay the same"
+    for text in texts:
+        assert zh.cut(text) == jieba.lcut(text), "memoised HMM answers stay the same"
+
+
+def test_zh_tokenizer_rjieba_matches_jieba_on_jiebas_han_range():
+    import jieba
+
+    from moelab.data.normalize import dots_normalize
+
+    pytest.importorskip("rjieba")
+    texts = [dots_normalize(t) for t in _chinese_texts(3, 40)]
+    want = [[w for w in jieba.lcut(t) if not w.isspace()] for t in texts]
+    assert [tokenize(t, "jieba") for t in texts] == want
+    assert [tokenize(t, "rjieba") for t in texts] == want, "rjieba's HMM cuts as jieba's does"
+    assert [tokenize(t, "auto") for t in texts] == want
+    # but it keeps a run of CJK extension-B characters (outside jieba's range) as one token
+    assert tokenize("𠀀𠀁 中文", "rjieba") != tokenize("𠀀𠀁 中文", "jieba")
+
+
+def test_zh_tokenizer_without_rjieba(monkeypatch):
+    from moelab.data.dedup import shingles
+
+    monkeypatch.setitem(__import__("sys").modules, "rjieba", None)  # as if not installed
+    monkeypatch.setattr(shingles, "_ZH_CUTTERS", {})
+    text = "我们今天去北京大学看看"
+    assert tokenize(text, "auto") == tokenize(text, "jieba"), "auto falls back to jieba"
+    with pytest.raises(ImportError, match="zh-fast"):
+        MinHashDedup(MinHashConfig(zh_tokenizer="rjieba"))
+    with pytest.raises(ValueError, match="unknown Chinese tokenizer"):
+        tokenize(text, "pkuseg")
 
 
 def _pairs_at_jaccard(rng, n_pairs: int, words: int = 200):
