@@ -67,12 +67,17 @@ def test_group_limited_selection_stays_in_kept_groups():
     assert all(len(set(row.tolist())) <= 2 for row in groups)
 
 
-def test_bias_stays_fp32_when_model_is_cast():
+def test_bias_and_fp32_router_weight_stay_fp32_when_model_is_cast():
     r = _router(num_experts=8, top_k=2, score_func="sigmoid", expert_bias=True, router_fp32=True)
     r.expert_bias.fill_(0.1234567)
+    with torch.no_grad():
+        r.weight.fill_(0.1234567)
+    weight = r.weight
     r = r.to(torch.bfloat16)
-    assert r.expert_bias.dtype == torch.float32 and r.weight.dtype == torch.bfloat16
+    assert r.expert_bias.dtype == torch.float32 and r.weight.dtype == torch.float32
+    assert r.weight is weight  # the same Parameter object: optimizers keep their reference
     assert r.expert_bias[0].item() == torch.tensor(0.1234567).item()
+    assert r.weight[0, 0].item() == torch.tensor(0.1234567).item()
     out = r(torch.randn(4, 16, dtype=torch.bfloat16))
     assert out.logits_TE.dtype == torch.float32  # fp32 router math (dots)
 

@@ -125,7 +125,8 @@ def test_bf16_logits(case, tmp_path):
         tmp_path / "m", dtype=torch.bfloat16, config_overrides=["attention.impl=eager"]
     )
     if kind == "dots1":
-        assert model.layers["1"].mlp.gate.expert_bias.dtype == torch.float32
+        gate = model.layers["1"].mlp.gate  # fp32 like transformers' _keep_in_fp32_modules
+        assert gate.expert_bias.dtype == gate.weight.dtype == torch.float32
     x = _tokens(seed=8)
     with torch.no_grad():
         ref, out = ref_model(x).logits.float(), model(x).logits.float()

@@ -24,6 +24,7 @@ import torch
 
 from moelab.checkpoint.hf_config import from_hf_config, to_hf_config
 from moelab.model.config import ModelConfig
+from moelab.model.router import fp32_state_names
 from moelab.model.transformer import MoETransformer
 
 SINGLE_FILE = "model.safetensors"
@@ -200,8 +201,8 @@ def load_pretrained(
 
     Args:
         path: directory with config.json and model.safetensors (or shards + index).
-        dtype: cast floating weights to this dtype (the expert bias stays fp32); default keeps
-            the dtype stored in the files.
+        dtype: cast floating weights to this dtype (the expert bias and an fp32 router's weight
+            stay fp32, as transformers keeps them); default keeps the dtype stored in the files.
         device: where the weights go.
         config_overrides: dotted overrides applied to the mapped config (e.g. ``moe.dispatch=loop``).
     """
@@ -224,11 +225,12 @@ def load_pretrained(
         )
     if cfg.tie_word_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
+    keep_fp32 = fp32_state_names(model)
     for name, tensor in state.items():
-        if dtype is not None and tensor.is_floating_point() and not name.endswith("expert_bias"):
-            tensor = tensor.to(dtype)
-        if name.endswith("expert_bias"):
+        if name in keep_fp32:
             tensor = tensor.float()
+        elif dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
         state[name] = aligned(tensor.to(device))
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_word_embeddings:

@@ -35,6 +35,7 @@ import torch
 from moelab import __version__
 from moelab.checkpoint.hf import CheckpointError, aligned
 from moelab.model.config import ModelConfig
+from moelab.model.router import fp32_state_names
 from moelab.model.transformer import MoETransformer
 
 MODEL_FILE = "model.safetensors"
@@ -200,11 +201,13 @@ def load_model_from_checkpoint(
         raise CheckpointError(
             f"{path}: weights do not match model.yaml: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
-    if dtype is not None:
-        state = {
-            k: v.to(dtype) if v.is_floating_point() and not k.endswith("expert_bias") else v
-            for k, v in state.items()
-        }
+    keep_fp32 = fp32_state_names(model)
+    state = {
+        k: v.float()
+        if k in keep_fp32
+        else (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+        for k, v in state.items()
+    }
     model.load_state_dict({k: aligned(v) for k, v in state.items()}, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

@@ -59,24 +59,36 @@ class Router(nn.Module):
             self.expert_bias = None
 
     def _apply(self, fn, recurse=True):
-        # Keep the correction bias fp32 whatever dtype the model is cast to (transformers
-        # forces this too; a bf16 bias flips expert choices). Only its device follows ``fn``.
-        bias = self._buffers.get("expert_bias")
-        if bias is None:
-            return super()._apply(fn, recurse)
-        self._buffers["expert_bias"] = None
+        # Keep the fp32 state fp32 whatever dtype the model is cast to: the correction bias
+        # always (a bf16 bias flips expert choices) and, for an fp32 router (dots), its weight
+        # (transformers >= 5.24 keeps ``gate.weight`` fp32 too). Only the device follows ``fn``.
+        held: list[tuple[dict, str]] = [
+            (store, name)
+            for store, name in ((self._buffers, "expert_bias"), (self._parameters, "weight"))
+            if store.get(name) is not None and name in self.fp32_names()
+        ]
+        saved = [store[name] for store, name in held]
+        for store, name in held:
+            store[name] = None
         try:
             super()._apply(fn, recurse)
         finally:
-            self._buffers["expert_bias"] = bias
-        moved = fn(bias)
-        if moved.dtype == torch.float32:  # a device move, to_empty(), ...
-            self._buffers["expert_bias"] = moved
-        elif bias.is_meta:
-            self._buffers["expert_bias"] = moved.float()
-        else:  # a dtype cast: keep the fp32 values, follow only the device
-            self._buffers["expert_bias"] = bias.to(device=moved.device)
+            for (store, name), tensor in zip(held, saved, strict=True):
+                store[name] = tensor
+        for (store, name), tensor in zip(held, saved, strict=True):
+            if isinstance(tensor, nn.Parameter):
+                with torch.no_grad():
+                    tensor.data = _fp32_like(fn, tensor.data)
+                    if tensor.grad is not None:
+                        tensor.grad.data = _fp32_like(fn, tensor.grad.data)
+            else:
+                store[name] = _fp32_like(fn, tensor)
         return self
+
+    def fp32_names(self) -> set[str]:
+        """Names of this router's tensors that stay fp32 under any dtype cast or load."""
+        names = {"expert_bias"} if self._buffers.get("expert_bias") is not None else set()
+        return names | ({"weight"} if self.router_fp32 else set())
 
     def forward(self, x_TD: torch.Tensor) -> RouterOutput:
         if self.router_fp32:
@@ -116,3 +128,23 @@ class Router(nn.Module):
         group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
         expert_mask = group_mask[:, :, None].expand_as(grouped).reshape(T, self.num_experts)
         return choice_TE.masked_fill(~expert_mask, float("-inf"))
+
+
+def _fp32_like(fn, tensor: torch.Tensor) -> torch.Tensor:
+    """``fn(tensor)`` for a device move; for a dtype cast, ``tensor`` on the new device in fp32."""
+    moved = fn(tensor)
+    if moved.dtype == torch.float32:  # a device move, to_empty(), ...
+        return moved
+    if tensor.is_meta:
+        return moved.float()
+    return tensor.to(device=moved.device, dtype=torch.float32)
+
+
+def fp32_state_names(model: nn.Module) -> set[str]:
+    """State-dict names of every router tensor that stays fp32 (loaders cast all others)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, Router)
+        for name in module.fp32_names()
+    }
