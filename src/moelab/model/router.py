@@ -61,29 +61,17 @@ class Router(nn.Module):
     def _apply(self, fn, recurse=True):
         # Keep the fp32 state fp32 whatever dtype the model is cast to: the correction bias
         # always (a bf16 bias flips expert choices) and, for an fp32 router (dots), its weight
-        # (transformers >= 5.24 keeps ``gate.weight`` fp32 too). Only the device follows ``fn``.
-        held: list[tuple[dict, str]] = [
-            (store, name)
-            for store, name in ((self._buffers, "expert_bias"), (self._parameters, "weight"))
-            if store.get(name) is not None and name in self.fp32_names()
-        ]
-        saved = [store[name] for store, name in held]
-        for store, name in held:
-            store[name] = None
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            for (store, name), tensor in zip(held, saved, strict=True):
-                store[name] = tensor
-        for (store, name), tensor in zip(held, saved, strict=True):
-            if isinstance(tensor, nn.Parameter):
-                with torch.no_grad():
-                    tensor.data = _fp32_like(fn, tensor.data)
-                    if tensor.grad is not None:
-                        tensor.grad.data = _fp32_like(fn, tensor.grad.data)
-            else:
-                store[name] = _fp32_like(fn, tensor)
-        return self
+        # (transformers >= 5.24 keeps ``gate.weight`` fp32 too). Only the device follows ``fn``;
+        # Module._apply does the rest (Parameter identity, grads, meta -> real tensors).
+        kept = [getattr(self, name) for name in self.fp32_names()]
+        kept += [t.grad for t in kept if t.grad is not None]
+        if not kept:
+            return super()._apply(fn, recurse)
+
+        def fn_keeping_fp32(t: torch.Tensor) -> torch.Tensor:
+            return _fp32_like(fn, t) if any(t is k for k in kept) else fn(t)
+
+        return super()._apply(fn_keeping_fp32, recurse)
 
     def fp32_names(self) -> set[str]:
         """Names of this router's tensors that stay fp32 under any dtype cast or load."""
