@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from moelab.infer.fast_forward import FastForward
 from moelab.infer.kv_cache import KVCache
 from moelab.infer.sampling import SamplingParams, TokenLogprob, sample_batch, token_logprobs
 from moelab.model.transformer import MoETransformer
@@ -78,7 +79,10 @@ class Engine:
         *,
         max_batch: int = 8,
         max_len: int | None = None,
+        fast: bool = True,
     ):
+        """``fast``: run ``FastForward`` (fused inference ops, same logits) where it supports
+        the model; False runs the model's own forward (the reference)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         param = next(model.parameters())
@@ -89,6 +93,9 @@ class Engine:
         self.max_batch = max_batch
         self.cache = KVCache.for_model(
             self.config, max_batch, self.max_len, dtype=param.dtype, device=self.device
+        )
+        self.fast = (
+            FastForward(model, self.max_len) if fast and FastForward.supports(model) else None
         )
         self.free_rows: list[int] = list(range(max_batch))
         self.running: dict[int, Request] = {}
@@ -150,11 +157,12 @@ class Engine:
     def _prefill(self, requests: list[Request]) -> list[TokenEvent]:
         lengths = [len(r.prompt) for r in requests]
         T = max(lengths)
-        ids = torch.zeros(len(requests), T, dtype=torch.long)
-        for b, r in enumerate(requests):
-            ids[b, : lengths[b]] = torch.tensor(r.prompt)
-        positions = torch.arange(T).expand(len(requests), T)
+        ids = torch.tensor([r.prompt + [0] * (T - len(r.prompt)) for r in requests])
         self.cache.bind([r.row for r in requests], end=T)
+        if self.fast is not None:
+            logits_BV = self.fast.prefill(ids.to(self.device), lengths, self.cache)
+            return self._sample(requests, logits_BV)
+        positions = torch.arange(T).expand(len(requests), T)
         last = torch.tensor(lengths, device=self.device) - 1
         logits_BV = self.model(
             ids.to(self.device),
@@ -168,8 +176,10 @@ class Engine:
         requests = sorted(requests, key=lambda r: r.row)  # contiguous rows bind as a view
         positions = [r.next_position for r in requests]
         ids = torch.tensor([[r.output[-1]] for r in requests], device=self.device)
-        pos = torch.tensor(positions, device=self.device)[:, None]
         self.cache.bind([r.row for r in requests], end=max(positions) + 1)
+        if self.fast is not None:
+            return self._sample(requests, self.fast.decode(ids[:, 0], positions, self.cache))
+        pos = torch.tensor(positions, device=self.device)[:, None]
         logits_BV = self.model(ids, positions=pos, kv_cache=self.cache).logits[:, -1]
         return self._sample(requests, logits_BV)
 
