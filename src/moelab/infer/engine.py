@@ -50,6 +50,9 @@ class Request:
     generator: torch.Generator | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """One per output token when ``params.logprobs`` is set."""
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    """With ``params.prompt_logprobs``: one per prompt token, filled at prefill; None for the
+    first (nothing precedes it)."""
 
     @property
     def done(self) -> bool:
@@ -155,22 +158,38 @@ class Engine:
         return events
 
     def _prefill(self, requests: list[Request]) -> list[TokenEvent]:
+        """One right-padded forward over the new prompts; logits at every position only when
+        some request asked for prompt logprobs (lm_head over B·T rows instead of B)."""
         lengths = [len(r.prompt) for r in requests]
         T = max(lengths)
         ids = torch.tensor([r.prompt + [0] * (T - len(r.prompt)) for r in requests])
+        ids = ids.to(self.device)
+        want = [b for b, r in enumerate(requests) if r.params.prompt_logprobs is not None]
         self.cache.bind([r.row for r in requests], end=T)
-        if self.fast is not None:
-            logits_BV = self.fast.prefill(ids.to(self.device), lengths, self.cache)
-            return self._sample(requests, logits_BV)
-        positions = torch.arange(T).expand(len(requests), T)
         last = torch.tensor(lengths, device=self.device) - 1
-        logits_BV = self.model(
-            ids.to(self.device),
-            positions=positions.to(self.device),
-            kv_cache=self.cache,
-            logits_at=last,
-        ).logits[:, 0]
-        return self._sample(requests, logits_BV)
+        if self.fast is not None:
+            logits = self.fast.prefill(ids, lengths, self.cache, all_logits=bool(want))
+        else:
+            positions = torch.arange(T, device=self.device).expand(len(requests), T)
+            logits = self.model(
+                ids, positions=positions, kv_cache=self.cache, logits_at=None if want else last
+            ).logits
+            logits = logits if want else logits[:, 0]
+        if want:
+            self._prompt_logprobs([requests[b] for b in want], logits[want])
+            logits = logits[torch.arange(len(requests), device=self.device), last]
+        return self._sample(requests, logits)
+
+    @staticmethod
+    def _prompt_logprobs(requests: list[Request], logits_BTV: torch.Tensor) -> None:
+        """Each prompt token's logprob from the logits one position earlier, for all the
+        requests in one batched log-softmax."""
+        rows = torch.cat([logits_BTV[b, : len(r.prompt) - 1] for b, r in enumerate(requests)])
+        tokens = [t for r in requests for t in r.prompt[1:]]
+        top_n = [r.params.prompt_logprobs for r in requests for _ in r.prompt[1:]]
+        found = iter(token_logprobs(rows, tokens, top_n) if tokens else [])
+        for r in requests:
+            r.prompt_logprobs = [None] + [next(found) for _ in r.prompt[1:]]
 
     def _decode(self, requests: list[Request]) -> list[TokenEvent]:
         requests = sorted(requests, key=lambda r: r.row)  # contiguous rows bind as a view

@@ -67,8 +67,7 @@ class FastForward:
     ) -> torch.Tensor:
         """Logits (B, V) at each prompt's last token, or (B, T, V) with ``all_logits``."""
         B, T = ids_BT.shape
-        positions_BT = torch.arange(T, device=ids_BT.device).expand(B, T)
-        ctx = AttentionContext(cache, cache.slots(positions_BT), fresh=True)
+        ctx = AttentionContext(cache, None, fresh=True)
         h = self._layers(ids_BT, self.cos_Sd[:T, None], self.sin_Sd[:T, None], ctx)
         if not all_logits:
             last = torch.tensor(lengths, device=h.device) - 1

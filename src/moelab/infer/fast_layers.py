@@ -58,8 +58,8 @@ class AttentionContext:
     """What every layer's attention shares in one forward (built once, not per layer)."""
 
     cache: KVCache
-    slots: tuple[torch.Tensor, torch.Tensor]
-    """(row, slot) index of each new token in the cache (``KVCache.slots``)."""
+    slots: tuple[torch.Tensor, torch.Tensor] | None
+    """Decode: (row, slot) index of each new token in the cache (``KVCache.slots``)."""
     fresh: bool
     """Prefill of fresh rows: positions 0..T-1, attend to the new keys only, causally."""
     mask_B11S: torch.Tensor | None = None
@@ -99,8 +99,8 @@ class FastAttention:
         if self.clip is not None:
             v = v.clamp(-self.clip, self.clip)
         q, k = qk[:, :, :H], qk[:, :, H:]
-        ctx.cache.store(self.layer, torch.cat((k, v), dim=2), ctx.slots)
         if ctx.fresh:
+            ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
                 k.transpose(1, 2),
@@ -109,6 +109,7 @@ class FastAttention:
                 enable_gqa=self.gqa,
             )
         else:
+            ctx.cache.store(self.layer, torch.cat((k, v), dim=2), ctx.slots)
             kv = ctx.cache.read(self.layer)  # (B, S, 2K, d) view
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2),

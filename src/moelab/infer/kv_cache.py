@@ -153,6 +153,16 @@ class KVCache:
         """Write the new tokens' keys and values (heads 0..K-1 keys, K..2K-1 values)."""
         self.kv_LBSCd[layer].index_put_(slots, new_BTCd.to(self.kv_LBSCd.dtype))
 
+    def store_prefix(self, layer: int, new_BTCd: torch.Tensor) -> None:
+        """Prefill of fresh rows: write slots 0..T-1 of every bound row (a plain copy for
+        contiguous rows, ~5x cheaper than ``index_put_`` on CPU)."""
+        rows, T = self._rows, new_BTCd.shape[1]
+        target = self.kv_LBSCd[layer]
+        if isinstance(rows, torch.Tensor):
+            target.index_put_((rows[:, None], self.slot_pos_S[:T]), new_BTCd.to(target.dtype))
+        else:
+            target[rows if rows is not None else slice(0, new_BTCd.shape[0]), :T] = new_BTCd
+
     def read(
         self, layer: int, end: int | None = None, rows: torch.Tensor | slice | None = None
     ) -> torch.Tensor:
