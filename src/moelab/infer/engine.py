@@ -7,6 +7,11 @@ then runs one decode forward over all requests that were already running, each a
 position. A finished request frees its row for the next one at once (continuous batching), so
 ``generate()`` for a list of prompts and the server's background loop share this one path.
 
+The forwards run ``FastForward`` (fused QKV, one cache write per layer, a mask only when rows
+sit at different positions, the cheapest expert kernel for the step's token count; the same
+logits as the model, tested) where it supports the model, else the model itself. A request
+that asks for ``prompt_logprobs`` gets every prompt token's logprob from its prefill.
+
 A request ends when it emits one of its stop token ids, when its ``stop`` callback (given the
 ids generated so far) returns True — this is how a text layer implements stop strings without
 the engine decoding anything — when it has ``max_new_tokens`` tokens, or when the cache is full.
