@@ -10,7 +10,9 @@ no padding), greedy, no stop token. Reported per batch size:
 The four timed calls (moelab and transformers, 1 and N new tokens) run round-robin, median of
 --rounds, so background load hits both sides alike; the ratios are the numbers to read. Both
 sides' greedy tokens are compared once per batch (``same_tokens``). transformers runs with its
-defaults (SDPA attention, its default experts implementation, DynamicCache).
+defaults (SDPA attention, its default experts implementation, DynamicCache). The engine keeps
+freed heap memory in the process (``moelab.infer.memory``, glibc's mallopt); the setting is
+process-wide and made before the first timed call, so transformers runs under it too.
 
 Then the OpenAI server (uvicorn on 127.0.0.1) is loaded by 1, 4 and 16 concurrent clients, each
 sending --requests completions (the clients are threads of this process); reported: completion

@@ -33,6 +33,7 @@ import torch
 
 from moelab.infer.fast_forward import FastForward
 from moelab.infer.kv_cache import KVCache
+from moelab.infer.memory import keep_freed_memory
 from moelab.infer.sampling import SamplingParams, TokenLogprob, sample_batch, token_logprobs
 from moelab.model.transformer import MoETransformer
 
@@ -105,6 +106,8 @@ class Engine:
         self.fast = (
             FastForward(model, self.max_len) if fast and FastForward.supports(model) else None
         )
+        if self.device.type == "cpu":
+            keep_freed_memory()  # process-wide: temporaries reuse warm heap pages (memory.py)
         self.free_rows: list[int] = list(range(max_batch))
         self.running: dict[int, Request] = {}
         self.waiting: deque[Request] = deque()
