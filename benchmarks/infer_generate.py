@@ -21,6 +21,8 @@ to read on a shared machine), and the mean number of requests decoded per engine
 
 Usage:
     python -P benchmarks/infer_generate.py      # CPU: tiny-dots and tiny-olmoe, batch 1 and 8
+    OMP_WAIT_POLICY=PASSIVE python -P benchmarks/infer_generate.py --threads 2   # shared machine:
+        # OpenMP threads that spin while waiting burn CPU time that counts against both sides
     python -P benchmarks/infer_generate.py --device cuda --presets olmoe-1b-7b --dtype bfloat16
 Writes benchmarks/results/infer_generate_<device>.json (or --out). The file is named
 infer_generate.py, not generate.py, to sit with the other per-stage benchmark names.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import socket
 import statistics
 import sys
@@ -306,6 +309,7 @@ def main() -> None:
         "device": args.device,
         "device_name": device_name(args.device),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "dtype": args.dtype,
