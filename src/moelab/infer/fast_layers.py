@@ -5,19 +5,19 @@ layer, RoPE recomputed per forward). At decode sizes every op costs more in disp
 arithmetic, so this file holds the same math with:
 
 * one fused QKV weight (q, k, v rows stacked; biases too), one matmul instead of three;
-* ``F.rms_norm`` (one op; the model's RMSNorm is five), and for the per-head QK-norm of
+* ``F.rms_norm`` (one call; the model's RMSNorm makes six), and for the per-head QK-norm of
   dots.llm1 one normalisation over q and k heads together with their two weights stacked;
 * RoPE from one table of cos/sin per position built once (``rope_table``: the model's own
   ``RotaryEmbedding`` evaluated at 0..max_len-1, so the values are identical), applied to q
   and k in one pass;
-* the new keys and values written to the KV cache in one ``index_put_`` (the cache stores both
-  in one tensor), and read back as strided views;
+* the new keys and values written to the KV cache in one op per layer (the cache stores both in
+  one tensor: a slice copy at prefill, an ``index_put_`` at decode), read back as strided views;
 * prefill of fresh cache rows (every prompt at positions 0..T-1) attends to its own keys with
   ``is_causal``, no mask; decode builds its mask once per forward (``AttentionContext``), or
   none when every row sits at the last slot; ``enable_gqa`` instead of repeating kv heads.
 
-Weights are copied (fused) when built: an engine built on a model does not see later edits to
-its weights. What this module does not know: tokens, sampling, MoE.
+The fused weights (QKV, stacked QK-norm, gate/up) are copies made when built: an engine does
+not see later edits to those weights of its model. What this module does not know: tokens, sampling, MoE.
 
 Shapes: B batch, T new tokens, S keys, H heads, K kv heads, d head_dim, D hidden, C = 2K.
 """

@@ -15,8 +15,8 @@ row can see before they are overwritten. No valid mask is needed.
 
 Keys and values of a layer live in one tensor, ``kv_LBSCd`` with C = 2K (keys in heads 0..K-1,
 values in K..2K-1), laid out by slot: the fast inference forward (``fast_forward``) projects q,
-k and v with one matmul, so one ``index_put_`` per layer stores a token's keys and values
-together, and attention reads keys and values as strided views, no copy. The model's hook
+k and v with one matmul, so one write per layer stores the new tokens' keys and values
+together (``store_prefix`` at prefill, ``store`` at decode), and attention reads keys and values as strided views, no copy. The model's hook
 (``update``) sees the same storage through ``k_LBKSd`` / ``v_LBKSd`` views.
 
 What this module does not know: tokens, requests or sampling.
