@@ -10,7 +10,9 @@ no padding), greedy, no stop token. Reported per batch size:
 The four timed calls (moelab and transformers, 1 and N new tokens) run round-robin, median of
 --rounds, so background load hits both sides alike; the ratios are the numbers to read. Both
 sides' greedy tokens are compared once per batch (``same_tokens``). transformers runs with its
-defaults (SDPA attention, its default experts implementation, DynamicCache).
+defaults (SDPA attention, its default experts implementation, DynamicCache). The engine keeps
+freed heap memory in the process (``moelab.infer.memory``, glibc's mallopt); the setting is
+process-wide and made before the first timed call, so transformers runs under it too.
 
 Then the OpenAI server (uvicorn on 127.0.0.1) is loaded by 1, 4 and 16 concurrent clients, each
 sending --requests completions (the clients are threads of this process); reported: completion
@@ -19,6 +21,8 @@ to read on a shared machine), and the mean number of requests decoded per engine
 
 Usage:
     python -P benchmarks/infer_generate.py      # CPU: tiny-dots and tiny-olmoe, batch 1 and 8
+    OMP_WAIT_POLICY=PASSIVE python -P benchmarks/infer_generate.py --threads 2   # shared machine:
+        # OpenMP threads that spin while waiting burn CPU time that counts against both sides
     python -P benchmarks/infer_generate.py --device cuda --presets olmoe-1b-7b --dtype bfloat16
 Writes benchmarks/results/infer_generate_<device>.json (or --out). The file is named
 infer_generate.py, not generate.py, to sit with the other per-stage benchmark names.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import socket
 import statistics
 import sys
@@ -304,6 +309,7 @@ def main() -> None:
         "device": args.device,
         "device_name": device_name(args.device),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "dtype": args.dtype,

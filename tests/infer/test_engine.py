@@ -178,3 +178,29 @@ def test_penalised_greedy_and_logprobs_match_a_manual_loop(tiny_models):
         [prompt], SamplingParams(max_new_tokens=8)
     )
     assert plain[0].output != out and plain[0].logprobs == []  # the penalties changed something
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_prompt_logprobs_equal_the_full_forward_log_softmax(tiny_models, fast):
+    """Ragged prompts, only some asking: each asked prompt token's logprob (and top-2) is the
+    full forward's log-softmax one position earlier; the first token's is None; the others
+    get none, and the generated tokens are what they are without prompt logprobs."""
+    model = tiny_models["dots1"]
+    prompts = random_prompts([5, 9, 1], seed=4)
+    asked = SamplingParams(max_new_tokens=3, prompt_logprobs=2)
+    params = [asked, SamplingParams(max_new_tokens=3), asked]
+    engine = Engine(model, max_batch=3, max_len=32, fast=fast)
+    reqs = engine.generate(prompts, params)
+    plain = Engine(model, max_batch=3, max_len=32).generate(
+        prompts, SamplingParams(max_new_tokens=3)
+    )
+    assert [r.output for r in reqs] == [r.output for r in plain]
+    assert reqs[1].prompt_logprobs == [] and reqs[2].prompt_logprobs == [None]
+    r = reqs[0]
+    with torch.no_grad():
+        ref = model(torch.tensor([r.prompt])).logits[0].log_softmax(-1)
+    assert len(r.prompt_logprobs) == 5 and r.prompt_logprobs[0] is None
+    for i, lp in enumerate(r.prompt_logprobs[1:], start=1):
+        assert lp.token == r.prompt[i]
+        assert lp.logprob == pytest.approx(float(ref[i - 1, r.prompt[i]]), abs=1e-5)
+        assert [t for t, _ in lp.top] == ref[i - 1].topk(2).indices.tolist()

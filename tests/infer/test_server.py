@@ -309,6 +309,58 @@ def test_completion_logprobs_and_echo(client, served):
     assert "".join(c["choices"][0]["text"] for c in chunks) == "the router" + ref.text
 
 
+def test_echo_with_logprobs_scores_the_prompt(client, served):
+    """echo + logprobs: the prompt's tokens come first with their logprobs (the first null),
+    each equal to the full forward's log-softmax one position earlier; then the completion's,
+    as without echo. Streamed, the first chunk is the echo carrying the prompt's logprobs."""
+    gen = served[1]
+    ids, ref = _ref(gen, "the router", 3)
+    P = len(ids)
+    plain = client.completions.create(
+        model=MODEL, prompt="the router", max_tokens=3, temperature=0, logprobs=2
+    )
+    out = client.completions.create(
+        model=MODEL, prompt="the router", max_tokens=3, temperature=0, logprobs=2, echo=True
+    )
+    choice = out.choices[0]
+    lp = choice.logprobs
+    assert choice.text == "the router" + ref.text
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == P + 3
+    assert lp.tokens[:P] == [gen.token_text(t) for t in ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    with torch.no_grad():
+        full = gen.engine.model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    for i in range(1, P):
+        assert lp.token_logprobs[i] == pytest.approx(float(full[i - 1, ids[i]]), abs=1e-4)
+        best = full[i - 1].topk(2)
+        assert max(lp.top_logprobs[i].values()) == pytest.approx(float(best.values[0]), abs=1e-4)
+    assert lp.text_offset[0] == 0 and lp.text_offset[:P] == sorted(lp.text_offset[:P])
+    assert lp.tokens[P:] == plain.choices[0].logprobs.tokens
+    assert lp.token_logprobs[P:] == pytest.approx(plain.choices[0].logprobs.token_logprobs)
+    assert lp.text_offset[P:] == [
+        len("the router") + o for o in plain.choices[0].logprobs.text_offset
+    ]
+    body = {"model": MODEL, "prompt": "the router", "max_tokens": 3, "temperature": 0}
+    with httpx.stream(
+        "POST",
+        served[0] + "/v1/completions",
+        json={**body, "echo": True, "logprobs": 2, "stream": True},
+        timeout=60,
+    ) as r:
+        chunks = [json.loads(x[6:]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    first = chunks[0]["choices"][0]
+    assert first["text"] == "the router"
+    assert first["logprobs"]["token_logprobs"] == pytest.approx(lp.token_logprobs[:P])
+    assert "".join(c["choices"][0]["text"] for c in chunks) == choice.text
+    streamed = [
+        v
+        for c in chunks[1:]
+        if c["choices"][0]["logprobs"]
+        for v in c["choices"][0]["logprobs"]["token_logprobs"]
+    ]
+    assert streamed == pytest.approx(lp.token_logprobs[P:])
+
+
 def test_chat_logprobs_streamed_and_not(client, served):
     _, ref = _ref(served[1], "hello", 8, chat=True)
     messages = [{"role": "user", "content": "hello"}]
@@ -358,7 +410,6 @@ MORE_BAD = [
     ({"presence_penalty": 3}, "presence_penalty"),
     ({"frequency_penalty": "x"}, "frequency_penalty"),
     ({"logprobs": 50}, "logprobs"),
-    ({"logprobs": 2, "echo": True}, "echo"),
     ({"echo": "yes"}, "echo"),
     ({"seed": 1.5}, "seed"),
 ]

@@ -183,3 +183,18 @@ def test_olmoe_padding_row_gets_no_gradient(tmp_path):
     grad = model.embed_tokens.weight.grad
     assert grad[model.config.pad_token_id].abs().sum() == 0
     assert grad[x[1, 0]].abs().sum() > 0
+
+
+def test_engine_greedy_decode_equals_hf_generate(pair):
+    """The engine (FastForward, KV cache) and transformers' generate() pick the same tokens."""
+    from moelab.infer.engine import Engine
+    from moelab.infer.sampling import SamplingParams
+
+    kind, hf, model, _ = pair
+    x = _tokens(seed=5, batch=2, length=12)
+    with torch.no_grad():
+        ref = hf.generate(x, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    engine = Engine(model, max_batch=2, max_len=32)
+    assert engine.fast is not None
+    out = engine.generate(x.tolist(), SamplingParams(max_new_tokens=8))
+    assert [r.output for r in out] == ref[:, 12:].tolist(), kind

@@ -40,6 +40,8 @@ class Update:
     """The logprobs of the tokens this update covers (when the request asked for them)."""
     offsets: list[int] = field(default_factory=list)
     """Their text offsets in the completion, one per entry of ``logprobs``."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """On a request's first update, when it asked: one per prompt token (None for the first)."""
 
 
 @dataclass(eq=False)
@@ -156,6 +158,8 @@ class BatchingLoop:
             if event.logprob is not None:
                 update.logprobs = [event.logprob]
                 update.offsets = handle.session.offsets[-1:]
+            if request.params.prompt_logprobs is not None and len(request.output) == 1:
+                update.prompt_logprobs = request.prompt_logprobs
             if request.done:
                 del self._handles[request.id]
             handle.post(update)

@@ -7,6 +7,11 @@ then runs one decode forward over all requests that were already running, each a
 position. A finished request frees its row for the next one at once (continuous batching), so
 ``generate()`` for a list of prompts and the server's background loop share this one path.
 
+The forwards run ``FastForward`` (fused QKV, one cache write per layer, a mask only when rows
+sit at different positions, the cheapest expert kernel for the step's token count; the same
+logits as the model, tested) where it supports the model, else the model itself. A request
+that asks for ``prompt_logprobs`` gets every prompt token's logprob from its prefill.
+
 A request ends when it emits one of its stop token ids, when its ``stop`` callback (given the
 ids generated so far) returns True — this is how a text layer implements stop strings without
 the engine decoding anything — when it has ``max_new_tokens`` tokens, or when the cache is full.
@@ -26,7 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from moelab.infer.fast_forward import FastForward
 from moelab.infer.kv_cache import KVCache
+from moelab.infer.memory import keep_freed_memory
 from moelab.infer.sampling import SamplingParams, TokenLogprob, sample_batch, token_logprobs
 from moelab.model.transformer import MoETransformer
 
@@ -49,6 +56,9 @@ class Request:
     generator: torch.Generator | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """One per output token when ``params.logprobs`` is set."""
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    """With ``params.prompt_logprobs``: one per prompt token, filled at prefill; None for the
+    first (nothing precedes it)."""
 
     @property
     def done(self) -> bool:
@@ -78,7 +88,10 @@ class Engine:
         *,
         max_batch: int = 8,
         max_len: int | None = None,
+        fast: bool = True,
     ):
+        """``fast``: run ``FastForward`` (fused inference ops, same logits) where it supports
+        the model; False runs the model's own forward (the reference)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         param = next(model.parameters())
@@ -90,6 +103,11 @@ class Engine:
         self.cache = KVCache.for_model(
             self.config, max_batch, self.max_len, dtype=param.dtype, device=self.device
         )
+        self.fast = (
+            FastForward(model, self.max_len) if fast and FastForward.supports(model) else None
+        )
+        if self.device.type == "cpu":
+            keep_freed_memory()  # process-wide: temporaries reuse warm heap pages (memory.py)
         self.free_rows: list[int] = list(range(max_batch))
         self.running: dict[int, Request] = {}
         self.waiting: deque[Request] = deque()
@@ -148,28 +166,47 @@ class Engine:
         return events
 
     def _prefill(self, requests: list[Request]) -> list[TokenEvent]:
+        """One right-padded forward over the new prompts; logits at every position only when
+        some request asked for prompt logprobs (lm_head over B·T rows instead of B)."""
         lengths = [len(r.prompt) for r in requests]
         T = max(lengths)
-        ids = torch.zeros(len(requests), T, dtype=torch.long)
-        for b, r in enumerate(requests):
-            ids[b, : lengths[b]] = torch.tensor(r.prompt)
-        positions = torch.arange(T).expand(len(requests), T)
+        ids = torch.tensor([r.prompt + [0] * (T - len(r.prompt)) for r in requests])
+        ids = ids.to(self.device)
+        want = [b for b, r in enumerate(requests) if r.params.prompt_logprobs is not None]
         self.cache.bind([r.row for r in requests], end=T)
         last = torch.tensor(lengths, device=self.device) - 1
-        logits_BV = self.model(
-            ids.to(self.device),
-            positions=positions.to(self.device),
-            kv_cache=self.cache,
-            logits_at=last,
-        ).logits[:, 0]
-        return self._sample(requests, logits_BV)
+        if self.fast is not None:
+            logits = self.fast.prefill(ids, lengths, self.cache, all_logits=bool(want))
+        else:
+            positions = torch.arange(T, device=self.device).expand(len(requests), T)
+            logits = self.model(
+                ids, positions=positions, kv_cache=self.cache, logits_at=None if want else last
+            ).logits
+            logits = logits if want else logits[:, 0]
+        if want:
+            self._prompt_logprobs([requests[b] for b in want], logits[want])
+            logits = logits[torch.arange(len(requests), device=self.device), last]
+        return self._sample(requests, logits)
+
+    @staticmethod
+    def _prompt_logprobs(requests: list[Request], logits_BTV: torch.Tensor) -> None:
+        """Each prompt token's logprob from the logits one position earlier, for all the
+        requests in one batched log-softmax."""
+        rows = torch.cat([logits_BTV[b, : len(r.prompt) - 1] for b, r in enumerate(requests)])
+        tokens = [t for r in requests for t in r.prompt[1:]]
+        top_n = [r.params.prompt_logprobs for r in requests for _ in r.prompt[1:]]
+        found = iter(token_logprobs(rows, tokens, top_n) if tokens else [])
+        for r in requests:
+            r.prompt_logprobs = [None] + [next(found) for _ in r.prompt[1:]]
 
     def _decode(self, requests: list[Request]) -> list[TokenEvent]:
         requests = sorted(requests, key=lambda r: r.row)  # contiguous rows bind as a view
         positions = [r.next_position for r in requests]
         ids = torch.tensor([[r.output[-1]] for r in requests], device=self.device)
-        pos = torch.tensor(positions, device=self.device)[:, None]
         self.cache.bind([r.row for r in requests], end=max(positions) + 1)
+        if self.fast is not None:
+            return self._sample(requests, self.fast.decode(ids[:, 0], positions, self.cache))
+        pos = torch.tensor(positions, device=self.device)[:, None]
         logits_BV = self.model(ids, positions=pos, kv_cache=self.cache).logits[:, -1]
         return self._sample(requests, logits_BV)
 

@@ -5,8 +5,8 @@ shape (``{"error": {"message", "type", "param", "code"}}``) and names the offend
 Implemented OpenAI fields: ``max_tokens``/``max_completion_tokens``, ``n``, ``temperature``,
 ``top_p``, ``seed``, ``stop``, ``stream``/``stream_options.include_usage``,
 ``presence_penalty``/``frequency_penalty``, ``logprobs`` (completions: an integer, top-N;
-chat: a boolean with ``top_logprobs``) and ``echo`` (completions). ``echo`` together with
-``logprobs`` (prompt logprobs) is refused with a 400. ``top_k`` and ``repetition_penalty`` are
+chat: a boolean with ``top_logprobs``) and ``echo`` (completions; with ``logprobs`` the prompt
+tokens' logprobs come first, the first token's null, as OpenAI and vLLM do). ``top_k`` and ``repetition_penalty`` are
 accepted as vLLM does. Fields nobody reads (``user``, ``logit_bias``...) are ignored, as
 other OpenAI-compatible servers do.
 
@@ -15,6 +15,7 @@ What this module does not know: the model, the tokenizer or the network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,13 +224,8 @@ def parse_completion(body: dict, limits: ServeLimits, default_max_tokens: int) -
     logprobs = _completion_logprobs(body, limits)
     request = _common(body, limits, default_max_tokens, logprobs)
     request.echo = _get(body, "echo", bool, False, "a boolean")
-    if request.echo and logprobs is not None:
-        raise APIError(
-            400,
-            "'echo' with 'logprobs' (logprobs of the prompt tokens) is not supported; "
-            "drop one of them",
-            param="echo",
-        )
+    if request.echo and logprobs is not None:  # prompt logprobs, with the same top-N
+        request.params = [dataclasses.replace(p, prompt_logprobs=logprobs) for p in request.params]
     request.prompts = _prompts(body["prompt"], limits)
     if len(request.prompts) * len(request.params) > limits.max_prompts * limits.max_n:
         raise APIError(400, "too many prompts × n in one request", param="n")

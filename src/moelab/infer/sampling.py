@@ -48,6 +48,9 @@ class SamplingParams:
     """OpenAI: subtracted from an id's logit once per time it was generated."""
     logprobs: int | None = None
     """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely tokens'."""
+    prompt_logprobs: int | None = None
+    """None: none; k >= 0: each prompt token's logprob given the tokens before it, and the k
+    most likely tokens at that position (OpenAI's ``echo`` with ``logprobs``)."""
     seed: int | None = None
     """Seed of this request's generator; None draws a fresh seed from torch's global RNG."""
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
@@ -69,8 +72,9 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise ValueError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
-        if self.logprobs is not None and self.logprobs < 0:
-            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
 
     @property

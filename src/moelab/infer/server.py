@@ -174,6 +174,31 @@ class Server:
             "text_offset": [base + o for o in offsets],
         }
 
+    def echo_logprobs(self, ids: list[int], lps: list[TokenLogprob | None] | None) -> dict:
+        """Completions' four logprobs lists for the echoed prompt (the first token's null).
+
+        Text offsets are the lengths of the decoded prompt prefixes (one batched decode).
+        """
+        tok = self.gen.tokenizer
+        prefixes = tok.hf.decode_batch(
+            [ids[:i] for i in range(len(ids))], skip_special_tokens=False
+        )
+        lps = lps or [None] * len(ids)
+        text = self.gen.token_text
+        return {
+            "tokens": [text(t) for t in ids],
+            "token_logprobs": [None if lp is None else lp.logprob for lp in lps],
+            "top_logprobs": [None if lp is None else _top_dict(text, lp.top) for lp in lps],
+            "text_offset": [len(p) for p in prefixes],
+        }
+
+
+def _join_logprobs(echoed: dict | None, generated: dict | None) -> dict | None:
+    """The prompt's lists followed by the completion's (either may be missing)."""
+    if echoed is None or generated is None:
+        return echoed or generated
+    return {key: echoed[key] + generated[key] for key in echoed}
+
 
 def _top_dict(text, top: list[tuple[int, float]]) -> dict[str, float]:
     """Completions key top tokens by text; two ids with one text keep the likelier."""
@@ -189,14 +214,16 @@ def _entry(token: str, logprob: float) -> dict[str, Any]:
 
 async def _collect(handle: Handle) -> Update:
     """Wait for a handle's last update; it comes back holding every update's text and logprobs."""
-    parts, logprobs, offsets = [], [], []
+    parts, logprobs, offsets, prompt_logprobs = [], [], [], None
     while True:
         update: Update = await handle.queue.get()
         parts.append(update.text)
         logprobs += update.logprobs
         offsets += update.offsets
+        prompt_logprobs = prompt_logprobs or update.prompt_logprobs
         if update.done:
             update.text, update.logprobs, update.offsets = "".join(parts), logprobs, offsets
+            update.prompt_logprobs = prompt_logprobs
             return update
 
 
@@ -218,12 +245,14 @@ def _usage(prompts: list[list[int]], updates: list[Update]) -> dict[str, int]:
 
 
 def _choice(
-    server: Server, req: GenerationRequest, index: int, update: Update, echo: str
+    server: Server, req: GenerationRequest, index: int, update: Update, echo: str, ids: list[int]
 ) -> dict[str, Any]:
     chat = req.messages is not None
     logprobs = None
     if req.params[0].logprobs is not None:
         logprobs = server.logprobs_body(chat, update.logprobs, update.offsets, len(echo))
+        if req.echo:
+            logprobs = _join_logprobs(server.echo_logprobs(ids, update.prompt_logprobs), logprobs)
     if chat:
         message = {"role": "assistant", "content": update.text}
         return {
@@ -266,7 +295,8 @@ async def _complete(
         "created": int(time.time()),
         "model": server.model_name,
         "choices": [
-            _choice(server, req, i, u, echoes[i // len(req.params)]) for i, u in enumerate(updates)
+            _choice(server, req, i, u, echoes[i // len(req.params)], prompts[i // len(req.params)])
+            for i, u in enumerate(updates)
         ],
         "usage": _usage(prompts, updates),
     }
@@ -290,12 +320,17 @@ async def _stream(server: Server, req: GenerationRequest, prompts, handles) -> A
     offset0 = [len(echoes[i // len(req.params)]) for i in range(len(handles))]
     want_logprobs = req.params[0].logprobs is not None
 
+    echo_waits = req.echo and want_logprobs  # the echo chunk carries the prompt's logprobs
+
     def chunk(
         index: int, text: str | None, finish: str | None, first: bool = False, update=None
     ) -> bytes:
         logprobs = None
         if want_logprobs and update is not None and update.logprobs:
             logprobs = server.logprobs_body(chat, update.logprobs, update.offsets, offset0[index])
+        if echo_waits and first:
+            ids = prompts[index // len(req.params)]
+            logprobs = server.echo_logprobs(ids, None if update is None else update.prompt_logprobs)
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text:
@@ -317,7 +352,7 @@ async def _stream(server: Server, req: GenerationRequest, prompts, handles) -> A
         if chat:
             for i in range(len(handles)):
                 yield chunk(i, None, None, first=True)
-        elif req.echo:
+        elif req.echo and not echo_waits:
             for i in range(len(handles)):
                 yield chunk(i, echoes[i // len(req.params)], None)
         while len(finals) < len(handles):
@@ -325,6 +360,8 @@ async def _stream(server: Server, req: GenerationRequest, prompts, handles) -> A
             if update.error:
                 yield _sse(APIError(500, update.error, kind="server_error").body())
                 return
+            if echo_waits and update.prompt_logprobs is not None:  # after prefill: echo first
+                yield chunk(index, echoes[index // len(req.params)], None, True, update)
             if update.done:
                 finals[index] = update
             if update.text or (want_logprobs and update.logprobs):

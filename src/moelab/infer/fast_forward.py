@@ -1,0 +1,101 @@
+"""The engine's forward: the model's math with inference-only fused ops (fast_layers, fast_moe).
+
+Two entry points, the two shapes generation needs, both on cache rows the caller has bound
+(``KVCache.bind``):
+
+* ``prefill(ids, lengths)``: right-padded prompts, each written to its rows from position 0;
+  causal attention over the prompt itself (no mask, no cache read). Logits at each prompt's
+  last position, or at every position (``all_logits``: prompt logprobs for ``echo``).
+* ``decode(ids, positions)``: one token per row at that row's own position; one mask for all
+  layers, none when every row sits at the same position.
+
+Equality with the model's forward (fp32, both families, ragged batches, cached decode) is
+tested in tests/infer/test_fast_forward.py. ``FastForward.supports`` says when it can stand in
+for the model: a whole model (not a pipeline stage) with local experts; otherwise the engine
+runs the model itself.
+
+What this module does not know: requests, sampling, tokenization.
+
+Shapes: B batch, T tokens, D hidden, V vocabulary, S cache slots.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from moelab.infer.fast_layers import AttentionContext, FastAttention, FastSwiGLU, rope_table
+from moelab.infer.fast_moe import FastMoE
+from moelab.infer.kv_cache import KVCache
+from moelab.model.dispatch import LocalDispatcher
+from moelab.model.transformer import MoETransformer
+
+
+class FastForward:
+    def __init__(self, model: MoETransformer, max_len: int):
+        cfg = model.config
+        dtype = next(model.parameters()).dtype
+        self.eps = cfg.rms_norm_eps
+        self.embed_w = model.embed_tokens.weight.detach()
+        self.cos_Sd, self.sin_Sd = rope_table(model.rotary, max_len, dtype)
+        self.blocks = []
+        for block in model.layers.values():
+            ffn = FastMoE(block.mlp) if block.is_moe else FastSwiGLU(block.mlp)
+            self.blocks.append(
+                (
+                    block.input_layernorm.weight.detach(),
+                    FastAttention(block.self_attn, self.eps),
+                    block.post_attention_layernorm.weight.detach(),
+                    ffn,
+                )
+            )
+        self.norm_w = model.norm.weight.detach()
+        self.lm_head_w = model.lm_head.weight.detach()
+
+    @staticmethod
+    def supports(model: MoETransformer) -> bool:
+        """A whole model whose MoE layers dispatch locally (no pipeline stage, no EP)."""
+        whole = all(m is not None for m in (model.embed_tokens, model.norm, model.lm_head))
+        local = all(
+            type(b.mlp.dispatcher) is LocalDispatcher for b in model.layers.values() if b.is_moe
+        )
+        return whole and local
+
+    @torch.inference_mode()
+    def prefill(
+        self, ids_BT: torch.Tensor, lengths: list[int], cache: KVCache, all_logits: bool = False
+    ) -> torch.Tensor:
+        """Logits (B, V) at each prompt's last token, or (B, T, V) with ``all_logits``."""
+        B, T = ids_BT.shape
+        ctx = AttentionContext(cache, None, fresh=True)
+        h = self._layers(ids_BT, self.cos_Sd[:T, None], self.sin_Sd[:T, None], ctx)
+        if not all_logits:
+            last = torch.tensor(lengths, device=h.device) - 1
+            h = h[torch.arange(B, device=h.device), last]
+        return self._logits(h)
+
+    @torch.inference_mode()
+    def decode(self, ids_B: torch.Tensor, positions: list[int], cache: KVCache) -> torch.Tensor:
+        """Logits (B, V) of one new token per row, row b at position ``positions[b]``."""
+        end = max(positions) + 1
+        pos_B1 = torch.tensor(positions, device=ids_B.device)[:, None]
+        mask = None
+        if min(positions) != end - 1:  # rows at different positions: hide others' future slots
+            mask = (cache.slot_pos_S[:end] <= pos_B1)[:, None, None, :]
+        ctx = AttentionContext(cache, cache.slots(pos_B1), fresh=False, mask_B11S=mask)
+        cos, sin = self.cos_Sd[pos_B1][:, :, None], self.sin_Sd[pos_B1][:, :, None]
+        return self._logits(self._layers(ids_B[:, None], cos, sin, ctx)[:, 0])
+
+    def _layers(
+        self, ids_BT: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: AttentionContext
+    ) -> torch.Tensor:
+        h = F.embedding(ids_BT, self.embed_w)
+        D = h.shape[-1]
+        for norm1_w, attn, norm2_w, ffn in self.blocks:
+            h = h + attn(F.rms_norm(h, (D,), norm1_w, self.eps), cos, sin, ctx)
+            h = h + ffn(F.rms_norm(h, (D,), norm2_w, self.eps))
+        return h
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = F.rms_norm(h, (h.shape[-1],), self.norm_w, self.eps)
+        return F.linear(h, self.lm_head_w)

@@ -1,0 +1,151 @@
+"""Inference-only attention and dense FFN with fused weights: fewer, larger ops per decode step.
+
+The model's modules are written for training (separate q/k/v projections, a mask built per
+layer, RoPE recomputed per forward). At decode sizes every op costs more in dispatch than in
+arithmetic, so this file holds the same math with:
+
+* one fused QKV weight (q, k, v rows stacked; biases too), one matmul instead of three;
+* ``F.rms_norm`` (one call; the model's RMSNorm makes six), and for the per-head QK-norm of
+  dots.llm1 one normalisation over q and k heads together with their two weights stacked;
+* RoPE from one table of cos/sin per position built once (``rope_table``: the model's own
+  ``RotaryEmbedding`` evaluated at 0..max_len-1, so the values are identical), applied to q
+  and k in one pass;
+* the new keys and values written to the KV cache in one op per layer (the cache stores both in
+  one tensor: a slice copy at prefill, an ``index_put_`` at decode), read back as strided views;
+* prefill of fresh cache rows (every prompt at positions 0..T-1) attends to its own keys with
+  ``is_causal``, no mask; decode builds its mask once per forward (``AttentionContext``), or
+  none when every row sits at the last slot; ``enable_gqa`` instead of repeating kv heads.
+
+The fused weights (QKV, stacked QK-norm, gate/up) are copies made when built: an engine does
+not see later edits to those weights of its model. What this module does not know: tokens, sampling, MoE.
+
+Shapes: B batch, T new tokens, S keys, H heads, K kv heads, d head_dim, D hidden, C = 2K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from moelab.infer.kv_cache import KVCache
+from moelab.model.attention import Attention
+from moelab.model.layers import RotaryEmbedding, SwiGLU
+
+
+def rope_table(
+    rotary: RotaryEmbedding, max_len: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (max_len, d) for positions 0..max_len-1, exactly as the model computes."""
+    positions = torch.arange(max_len, device=rotary.inv_freq.device)
+    return rotary(positions, dtype)
+
+
+def apply_rope(
+    x_BTHd: torch.Tensor, cos_BT1d: torch.Tensor, sin_BT1d: torch.Tensor
+) -> torch.Tensor:
+    """``x·cos + rotate_half(x)·sin`` with the model's per-element op order (same rounding)."""
+    half = x_BTHd.shape[-1] // 2
+    out = x_BTHd * cos_BT1d
+    out[..., :half].sub_(x_BTHd[..., half:] * sin_BT1d[..., :half])
+    out[..., half:].add_(x_BTHd[..., :half] * sin_BT1d[..., half:])
+    return out
+
+
+@dataclass
+class AttentionContext:
+    """What every layer's attention shares in one forward (built once, not per layer)."""
+
+    cache: KVCache
+    slots: tuple[torch.Tensor, torch.Tensor] | None
+    """Decode: (row, slot) index of each new token in the cache (``KVCache.slots``)."""
+    fresh: bool
+    """Prefill of fresh rows: positions 0..T-1, attend to the new keys only, causally."""
+    mask_B11S: torch.Tensor | None = None
+    """Decode: which cached keys each row may see; None when all of them (same positions)."""
+
+
+class FastAttention:
+    def __init__(self, attn: Attention, eps: float):
+        self.layer = attn.layer_idx
+        self.H, self.K, self.d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        self.eps, self.qk_norm, self.clip = eps, attn.qk_norm, attn.clip_qkv
+        projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+        self.w_qkv = torch.cat([p.weight.detach() for p in projs])
+        self.b_qkv = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projs])
+        self.w_o, self.b_o = attn.o_proj.weight.detach(), attn.o_proj.bias
+        self.gqa = self.H != self.K
+        if self.qk_norm == "head":  # one (H+K, d) weight: q heads' rows, then k heads'
+            self.w_qk = torch.cat(
+                [attn.q_norm.weight.expand(self.H, -1), attn.k_norm.weight.expand(self.K, -1)]
+            ).detach()
+        elif self.qk_norm == "full":
+            self.w_q, self.w_k = attn.q_norm.weight.detach(), attn.k_norm.weight.detach()
+
+    def __call__(
+        self,
+        x_BTD: torch.Tensor,
+        cos_BT1d: torch.Tensor,
+        sin_BT1d: torch.Tensor,
+        ctx: AttentionContext,
+    ) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        H, K, d = self.H, self.K, self.d
+        qkv = F.linear(x_BTD, self.w_qkv, self.b_qkv)
+        qk = self._qk(qkv, B, T)  # (B, T, H+K, d), normed, clipped
+        qk = apply_rope(qk, cos_BT1d, sin_BT1d)
+        v = qkv[..., (H + K) * d :].view(B, T, K, d)
+        if self.clip is not None:
+            v = v.clamp(-self.clip, self.clip)
+        q, k = qk[:, :, :H], qk[:, :, H:]
+        if ctx.fresh:
+            ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                is_causal=True,
+                enable_gqa=self.gqa,
+            )
+        else:
+            ctx.cache.store(self.layer, torch.cat((k, v), dim=2), ctx.slots)
+            kv = ctx.cache.read(self.layer)  # (B, S, 2K, d) view
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                kv[:, :, :K].transpose(1, 2),
+                kv[:, :, K:].transpose(1, 2),
+                attn_mask=ctx.mask_B11S,
+                enable_gqa=self.gqa,
+            )
+        return F.linear(out.transpose(1, 2).reshape(B, T, H * d), self.w_o, self.b_o)
+
+    def _qk(self, qkv: torch.Tensor, B: int, T: int) -> torch.Tensor:
+        """q and k heads, QK-normed and clipped in the model's order."""
+        H, K, d, c = self.H, self.K, self.d, self.clip
+        if self.qk_norm == "full":  # norm over the whole projection, then clip
+            q = F.rms_norm(qkv[..., : H * d], (H * d,), self.w_q, self.eps)
+            k = F.rms_norm(qkv[..., H * d : (H + K) * d], (K * d,), self.w_k, self.eps)
+            qk = torch.cat((q, k), dim=-1)
+            if c is not None:
+                qk = qk.clamp(-c, c)
+            return qk.view(B, T, H + K, d)
+        qk = qkv[..., : (H + K) * d]
+        if c is not None:  # clip, then the per-head norm
+            qk = qk.clamp(-c, c)
+        qk = qk.view(B, T, H + K, d)
+        if self.qk_norm == "head":
+            qk = F.rms_norm(qk, (d,), eps=self.eps).mul_(self.w_qk)
+        return qk
+
+
+class FastSwiGLU:
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+
+    def __init__(self, mlp: SwiGLU):
+        self.w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        self.w_down = mlp.down_proj.weight.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.w_gate_up).chunk(2, dim=-1)
+        return F.linear(F.silu(gate).mul_(up), self.w_down)
