@@ -67,11 +67,15 @@ class _Job:
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_json: str, specials: SpecialTokens, family: str) -> None:
-    """Pool initializer: one tokenizer per process; parallelism comes from the processes."""
+def _init_worker(
+    tokenizer_json: str, specials: SpecialTokens, family: str, content_hash: str
+) -> None:
+    """Pool initializer: one tokenizer per process; parallelism comes from the processes.
+
+    The parent's hash comes along, so a worker does not canonicalise the vocabulary again."""
     global _WORKER_TOKENIZER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, specials, family)
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, specials, family, content_hash)
 
 
 def _run_worker_job(job: _Job) -> dict[str, Any]:
@@ -83,12 +87,13 @@ def _run_worker_job(job: _Job) -> dict[str, Any]:
 def _flush(
     batch: list[Document], tk: Tokenizer, writers: dict[str, ShardWriter], job: _Job
 ) -> None:
-    encoded = tk.encode_documents([d.text for d in batch])
-    routed: dict[str, list[list[int]]] = {split: [] for split in SPLITS}
-    for doc, ids in zip(batch, encoded, strict=True):
-        routed[split_of(doc.id, job.validation_fraction, job.salt)].append(ids)
-    for split, docs in routed.items():
-        writers[split].write(docs)
+    """Encode a batch split by split, each as one packed array written straight to its shard."""
+    routed: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for doc in batch:
+        routed[split_of(doc.id, job.validation_fraction, job.salt)].append(doc.text)
+    for split, texts in routed.items():
+        if texts:
+            writers[split].write_packed(*tk.encode_packed(texts))
     batch.clear()
 
 
@@ -152,7 +157,7 @@ def _run_jobs(jobs: list[_Job], tk: Tokenizer, workers: int) -> list[dict[str, A
     if workers == 1 or len(jobs) <= 1:
         return [tokenize_input(job, tk) for job in jobs]
     ctx = mp.get_context(_start_method())
-    init = (tk.to_str(), tk.specials, tk.family)
+    init = (tk.to_str(), tk.specials, tk.family, tk.hash)
     with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=init) as pool:
         return list(pool.imap_unordered(_run_worker_job, jobs))
 
