@@ -251,8 +251,9 @@ class Tokenizer:
             tokens: uint32, every document's ids concatenated.
             ends: int64 cumulative end of each document in ``tokens`` (``ends[-1] == len``).
 
-        The ids go straight from ``tokenizers``' list into an ``array('I')`` (C loop), which
-        costs about a fifth of what building int64 arrays from per-document lists did.
+        The ids go straight from ``tokenizers``' list into an ``array('I')`` with ``fromlist``
+        (one resize, then a C loop): about 8 ns a token here, against 16 for ``extend`` and
+        about 40 for the chained ``np.fromiter`` over per-document lists that ``write`` does.
         """
         tokens = array("I")
         ends = array("q")
@@ -260,7 +261,7 @@ class Tokenizer:
         for enc in self.hf.encode_batch_fast(list(texts), add_special_tokens=False):
             if bos is not None:
                 tokens.append(bos)
-            tokens.extend(enc.ids)
+            tokens.fromlist(enc.ids)
             if eos is not None:
                 tokens.append(eos)
             ends.append(len(tokens))
