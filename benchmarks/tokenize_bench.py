@@ -105,6 +105,16 @@ def read_corpus(docs: Path) -> list[str]:
     return [d.text for p in list_inputs(docs) for d in read_documents(p)]
 
 
+def autogroup() -> bool:
+    """Whether the kernel groups CPU time by session (``sched_autogroup``): then this
+    benchmark's processes share one slice against every other busy session, and 2 workers get
+    no more CPU than 1 while another session runs."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def _cpu() -> float:
     """CPU seconds of this process and its reaped children (robust to a shared machine)."""
     me, kids = (
@@ -242,6 +252,7 @@ def main() -> None:
         "platform": platform.platform(),
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
+        "sched_autogroup": autogroup(),
         "repeats_best_of": args.repeats,
         "command": "python -P benchmarks/tokenize_bench.py " + " ".join(sys.argv[1:]),
         "corpus": {"docs": len(on_disk), "bytes": n_bytes, "files": args.files},
@@ -277,9 +288,10 @@ def main() -> None:
         f"(bare loop, 2 processes / 1): {ceiling:.2f}x; 2 workers keep {bare2_s / two_s:.2f} of it"
     )
     if ceiling < 1.8:
+        why = "; sched_autogroup: this session's processes share one slice" if autogroup() else ""
         print(
-            "  the ceiling itself is below 1.8x (a shared or busy machine): wall time cannot "
-            "show the 2-worker goal here; see tokenize_instructions.py for a per-process count"
+            f"  the ceiling itself is below 1.8x (a shared or busy machine{why}): wall time "
+            "cannot show the 2-worker goal here; tokenize_instructions.py estimates it"
         )
     print(
         f"CPU seconds: bare {cpu['bare']:.2f}, bare 2 procs {cpu['bare2']:.2f}, "
