@@ -64,23 +64,30 @@ class _Job:
     batch_docs: int
 
 
+_WORKER_ARGS: tuple[str, SpecialTokens, str, str] | None = None
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
 def _init_worker(
     tokenizer_json: str, specials: SpecialTokens, family: str, content_hash: str
 ) -> None:
-    """Pool initializer: one tokenizer per process; parallelism comes from the processes.
+    """Pool initializer: only keeps the tokenizer's description (this cannot fail).
 
-    The parent's hash comes along, so a worker does not canonicalise the vocabulary again."""
-    global _WORKER_TOKENIZER
+    A pool restarts a worker whose initializer raises, forever; building the tokenizer in the
+    first job instead turns a failure into an exception the parent sees."""
+    global _WORKER_ARGS
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, specials, family, content_hash)
+    _WORKER_ARGS = (tokenizer_json, specials, family, content_hash)
 
 
 def _run_worker_job(job: _Job) -> dict[str, Any]:
+    """One tokenizer per process, built at the first job with the parent's hash (a worker
+    does not canonicalise the vocabulary again); parallelism comes from the processes."""
+    global _WORKER_TOKENIZER
     if _WORKER_TOKENIZER is None:
-        raise RuntimeError("worker tokenizer not initialised")
+        if _WORKER_ARGS is None:
+            raise RuntimeError("worker not initialised")
+        _WORKER_TOKENIZER = Tokenizer.from_str(*_WORKER_ARGS)
     return tokenize_input(job, _WORKER_TOKENIZER)
 
 
