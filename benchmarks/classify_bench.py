@@ -34,6 +34,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -228,6 +229,7 @@ def main() -> None:
     else:
         print(f"transformers backend: {hf['skipped']}")
     print(f"load average {result['load_average_1min_at_end']}; wrote {args.out}")
+    shutil.rmtree(work, ignore_errors=True)  # the corpus and any random model
 
 
 if __name__ == "__main__":
