@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import filecmp
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,41 @@ def test_two_workers_write_the_same_bytes(tmp_path, docs_factory, tokenizer_dir)
         meta_one = json.loads((tmp_path / "one" / split / "meta.json").read_text())
         meta_two = json.loads((tmp_path / "two" / split / "meta.json").read_text())
         assert meta_one["shards"] == meta_two["shards"]
+
+
+WORKERS_MUST_NOT_HASH = """
+import os, sys
+from moelab.tokens.config import TokenizeConfig
+from moelab.tokens.pipeline import _start_method, tokenize
+from moelab.tokens.tokenizer import Tokenizer
+
+assert _start_method() == "fork", "torch was imported: workers would be spawned, not patched"
+parent, real = os.getpid(), Tokenizer._content_hash
+
+def parent_only(self):
+    if os.getpid() != parent:
+        raise RuntimeError("a worker hashed the tokenizer again")
+    return real(self)
+
+Tokenizer._content_hash = parent_only
+docs, out, tok = sys.argv[1:]
+tokenize(TokenizeConfig.from_dict({"docs_dir": docs, "out_dir": out, "tokenizer": tok, "workers": 2}))
+"""
+
+
+def test_workers_reuse_the_parents_tokenizer_hash(tmp_path, docs_factory, tokenizer_dir) -> None:
+    # its own process: this one may have imported torch, which makes the pool spawn workers
+    (tokenizer_dir / "tokenizer_config.json").unlink()  # no recorded hash: the parent hashes
+    docs_dir = docs_factory(tmp_path, n_files=2, per_file=10)
+    args = [str(docs_dir), str(tmp_path / "out"), str(tokenizer_dir)]
+    run = subprocess.run(
+        [sys.executable, "-c", WORKERS_MUST_NOT_HASH, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(list((tmp_path / "out" / "completions").glob("*.json"))) == 2
 
 
 def test_resume_after_a_crash_finishes_without_duplicates(

@@ -91,3 +91,28 @@ def test_token_ids_must_fit_uint32(tmp_path: Path) -> None:
     with pytest.raises(ShardError, match="uint32"):
         writer.write([[1, 2**32]])
     writer.abort()
+
+
+def test_packed_writes_equal_per_document_writes(tmp_path: Path) -> None:
+    docs = _docs(2, 9)
+    _write_folder(tmp_path / "lists", [docs])
+    writer = ShardWriter(tmp_path / "packed", 0)
+    for part in (docs[:4], [], docs[4:]):
+        tokens = np.array([t for d in part for t in d], dtype=np.uint32)
+        writer.write_packed(tokens, np.cumsum([len(d) for d in part], dtype=np.int64))
+    write_meta(tmp_path / "packed", [writer.close()], TOKENIZER, {"split": "train"})
+    for name in ("shard_00000.bin", "shard_00000.idx", "meta.json"):
+        assert (tmp_path / "packed" / name).read_bytes() == (tmp_path / "lists" / name).read_bytes()
+
+
+def test_packed_write_checks_its_index(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path, 0)
+    tokens = np.arange(6, dtype=np.uint32)
+    with pytest.raises(ShardError, match="not an index"):
+        writer.write_packed(tokens, np.array([2, 5]))  # ends short of the tokens
+    with pytest.raises(ShardError, match="not an index"):
+        writer.write_packed(tokens, np.array([4, 2, 6]))
+    with pytest.raises(ShardError, match="uint32"):
+        writer.write_packed(tokens.astype(np.int64), np.array([6]))
+    assert writer.tokens == 0
+    writer.abort()

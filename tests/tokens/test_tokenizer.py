@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from moelab.tokens.tokenizer import EOT, Tokenizer, train_bpe
+from moelab.tokens.tokenizer import EOT, SpecialTokens, Tokenizer, train_bpe
 
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -119,6 +120,41 @@ def test_hash_survives_save_and_load_and_tracks_content(
     assert loaded.encode(SAMPLES[2]) == demo_tokenizer.encode(SAMPLES[2])
     other = train_bpe(texts(300, seed=123), vocab_size=300)  # fewer merges
     assert other.hash != demo_tokenizer.hash
+
+
+def test_recorded_hash_is_reused_until_the_file_changes(
+    tmp_path: Path, demo_tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = demo_tokenizer.save(tmp_path / "tok")
+    with monkeypatch.context() as m:  # loading a saved tokenizer must not canonicalise again
+        m.setattr(Tokenizer, "_content_hash", lambda self: pytest.fail("rehashed"))
+        assert Tokenizer.from_file(path).hash == demo_tokenizer.hash
+        worker = Tokenizer.from_str(
+            demo_tokenizer.to_str(), demo_tokenizer.specials, "demo", demo_tokenizer.hash
+        )
+        assert worker.hash == demo_tokenizer.hash
+    # an edited tokenizer.json no longer matches the record: rehashed, so the hash follows
+    raw = json.loads((path / "tokenizer.json").read_text())
+    raw["normalizer"] = {"type": "NFC"}
+    (path / "tokenizer.json").write_text(json.dumps(raw))
+    assert Tokenizer.from_file(path).hash != demo_tokenizer.hash
+    # so does a named family whose special tokens differ from the recorded ones
+    neox = neox_style(tmp_path / "neox", with_config=False)
+    saved = Tokenizer.from_file(neox, "olmoe").save(neox)
+    assert Tokenizer.from_file(saved, "dots").hash != Tokenizer.from_file(saved).hash
+
+
+def test_encode_packed_equals_per_document_encoding(tmp_path: Path) -> None:
+    hf = HFTokenizer.from_file(str(neox_style(tmp_path / "n", False) / "tokenizer.json"))
+    for specials in (SpecialTokens(bos=None, eos=EOT), SpecialTokens(bos="<|padding|>", eos=EOT)):
+        tk = Tokenizer(hf, specials)
+        tokens, ends = tk.encode_packed(SAMPLES)
+        docs = tk.encode_documents(SAMPLES)
+        assert tokens.dtype == np.uint32 and ends.dtype == np.int64
+        assert tokens.tolist() == [t for d in docs for t in d]
+        assert ends.tolist() == np.cumsum([len(d) for d in docs]).tolist()
+    tokens, ends = tk.encode_packed([])
+    assert len(tokens) == len(ends) == 0
 
 
 def test_dots_layout_loads_with_no_bos_and_endoftext_eos(tmp_path: Path) -> None:

@@ -64,31 +64,43 @@ class _Job:
     batch_docs: int
 
 
+_WORKER_ARGS: tuple[str, SpecialTokens, str, str] | None = None
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_json: str, specials: SpecialTokens, family: str) -> None:
-    """Pool initializer: one tokenizer per process; parallelism comes from the processes."""
-    global _WORKER_TOKENIZER
+def _init_worker(
+    tokenizer_json: str, specials: SpecialTokens, family: str, content_hash: str
+) -> None:
+    """Pool initializer: only keeps the tokenizer's description (this cannot fail).
+
+    A pool restarts a worker whose initializer raises, forever; building the tokenizer in the
+    first job instead turns a failure into an exception the parent sees."""
+    global _WORKER_ARGS
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json, specials, family)
+    _WORKER_ARGS = (tokenizer_json, specials, family, content_hash)
 
 
 def _run_worker_job(job: _Job) -> dict[str, Any]:
+    """One tokenizer per process, built at the first job with the parent's hash (a worker
+    does not canonicalise the vocabulary again); parallelism comes from the processes."""
+    global _WORKER_TOKENIZER
     if _WORKER_TOKENIZER is None:
-        raise RuntimeError("worker tokenizer not initialised")
+        if _WORKER_ARGS is None:
+            raise RuntimeError("worker not initialised")
+        _WORKER_TOKENIZER = Tokenizer.from_str(*_WORKER_ARGS)
     return tokenize_input(job, _WORKER_TOKENIZER)
 
 
 def _flush(
     batch: list[Document], tk: Tokenizer, writers: dict[str, ShardWriter], job: _Job
 ) -> None:
-    encoded = tk.encode_documents([d.text for d in batch])
-    routed: dict[str, list[list[int]]] = {split: [] for split in SPLITS}
-    for doc, ids in zip(batch, encoded, strict=True):
-        routed[split_of(doc.id, job.validation_fraction, job.salt)].append(ids)
-    for split, docs in routed.items():
-        writers[split].write(docs)
+    """Encode a batch split by split, each as one packed array written straight to its shard."""
+    routed: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for doc in batch:
+        routed[split_of(doc.id, job.validation_fraction, job.salt)].append(doc.text)
+    for split, texts in routed.items():
+        if texts:
+            writers[split].write_packed(*tk.encode_packed(texts))
     batch.clear()
 
 
@@ -152,7 +164,7 @@ def _run_jobs(jobs: list[_Job], tk: Tokenizer, workers: int) -> list[dict[str, A
     if workers == 1 or len(jobs) <= 1:
         return [tokenize_input(job, tk) for job in jobs]
     ctx = mp.get_context(_start_method())
-    init = (tk.to_str(), tk.specials, tk.family)
+    init = (tk.to_str(), tk.specials, tk.family, tk.hash)
     with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=init) as pool:
         return list(pool.imap_unordered(_run_worker_job, jobs))
 

@@ -99,15 +99,31 @@ class ShardWriter:
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
         total = int(lengths.sum())
         flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int64, count=total)
-        if total:
-            if int(flat.min()) < 0 or int(flat.max()) > np.iinfo(TOKEN_DTYPE).max:
-                raise ShardError(f"{self.name}: token ids must fit in uint32")
-            self.max_token_id = max(self.max_token_id, int(flat.max()))
-        flat.astype(TOKEN_DTYPE).tofile(self._bin)
-        ends = self.tokens + np.cumsum(lengths)
-        ends.astype(INDEX_DTYPE).tofile(self._idx)
-        self.tokens += total
-        self.docs += len(docs)
+        if total and (int(flat.min()) < 0 or int(flat.max()) > np.iinfo(TOKEN_DTYPE).max):
+            raise ShardError(f"{self.name}: token ids must fit in uint32")
+        self.write_packed(flat.astype(TOKEN_DTYPE), np.cumsum(lengths))
+
+    def write_packed(self, tokens: np.ndarray, ends: np.ndarray) -> None:
+        """Append whole documents already packed, as ``Tokenizer.encode_packed`` returns them.
+
+        Args:
+            tokens: uint32, the documents' ids back to back.
+            ends: cumulative end of each document within ``tokens`` (``ends[-1] == len``).
+        """
+        if tokens.dtype.kind != "u" or tokens.dtype.itemsize != 4:
+            raise ShardError(f"{self.name}: packed tokens must be uint32, got {tokens.dtype}")
+        if len(ends) == 0:
+            if len(tokens):
+                raise ShardError(f"{self.name}: {len(tokens)} tokens but no document ends")
+            return
+        if int(ends[-1]) != len(tokens) or np.any(np.diff(ends, prepend=0) < 0):
+            raise ShardError(f"{self.name}: document ends are not an index of the tokens")
+        if len(tokens):
+            self.max_token_id = max(self.max_token_id, int(tokens.max()))
+        tokens.astype(TOKEN_DTYPE, copy=False).tofile(self._bin)
+        (self.tokens + np.asarray(ends, dtype=np.int64)).astype(INDEX_DTYPE).tofile(self._idx)
+        self.tokens += len(tokens)
+        self.docs += len(ends)
 
     def close(self) -> ShardInfo:
         self._bin.close()

@@ -15,7 +15,14 @@ only EOS ids in a shard are the document ends.
 
 ``Tokenizer.hash`` is a content hash of the canonical tokenizer JSON plus the resolved special
 tokens. Every artifact made with a tokenizer records it, so shards made with one tokenizer are
-refused by a run configured with another.
+refused by a run configured with another. Canonicalising a 150k-entry vocabulary costs a
+fraction of a second, so it is computed once: ``save`` records it in ``tokenizer_config.json``
+next to a SHA-256 of the ``tokenizer.json`` bytes it was made from, ``from_file`` reuses it only
+while those bytes (and the special tokens) are unchanged, and tokenize workers receive the
+parent's hash instead of hashing again.
+
+``encode_packed`` is the pretraining path: a whole batch becomes one uint32 array plus document
+ends, with no per-token Python objects beyond the list ``tokenizers`` itself returns.
 
 What this module does not know: documents, shards or models. It maps text to ids and back.
 """
@@ -24,11 +31,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
 EOT = "<|endoftext|>"
@@ -87,7 +96,15 @@ def _saved_family(path: Path) -> str | None:
 class Tokenizer:
     """A ``tokenizers.Tokenizer`` plus resolved special-token ids and a content hash."""
 
-    def __init__(self, tokenizer: HFTokenizer, specials: SpecialTokens, family: str = "custom"):
+    def __init__(
+        self,
+        tokenizer: HFTokenizer,
+        specials: SpecialTokens,
+        family: str = "custom",
+        content_hash: str | None = None,
+    ):
+        """Wrap ``tokenizer``; ``content_hash`` is a hash already computed for this exact
+        content (by ``from_file``'s record or a parent process), so it is not recomputed."""
         self.hf = tokenizer
         # Web text that happens to contain "<|endoftext|>" must not become an EOS id: special
         # tokens in text are encoded as ordinary text unless a caller asks otherwise.
@@ -97,7 +114,7 @@ class Tokenizer:
         self.bos_id = self._lookup(specials.bos, "bos")
         self.eos_id = self._lookup(specials.eos, "eos")
         self.pad_id = self._lookup(specials.pad, "pad")
-        self.hash = self._content_hash()
+        self.hash = content_hash or self._content_hash()
 
     def _lookup(self, token: str | None, role: str) -> int | None:
         if token is None:
@@ -140,12 +157,22 @@ class Tokenizer:
             specials = _read_config_specials(config, SpecialTokens())
         else:
             specials = SpecialTokens()
-        return cls(HFTokenizer.from_file(str(file)), specials, family or "custom")
+        data = file.read_bytes()
+        recorded = _recorded_hash(config, data, specials) if config.is_file() else None
+        hf = HFTokenizer.from_str(data.decode("utf-8"))
+        return cls(hf, specials, family or "custom", content_hash=recorded)
 
     @classmethod
-    def from_str(cls, text: str, specials: SpecialTokens, family: str = "custom") -> Tokenizer:
-        """Rebuild from ``to_str()`` output (how worker processes receive a tokenizer)."""
-        return cls(HFTokenizer.from_str(text), specials, family)
+    def from_str(
+        cls,
+        text: str,
+        specials: SpecialTokens,
+        family: str = "custom",
+        content_hash: str | None = None,
+    ) -> Tokenizer:
+        """Rebuild from ``to_str()`` output (how worker processes receive a tokenizer);
+        pass the sender's ``hash`` as ``content_hash`` to skip rehashing."""
+        return cls(HFTokenizer.from_str(text), specials, family, content_hash)
 
     def to_str(self) -> str:
         return self.hf.to_str()
@@ -161,6 +188,9 @@ class Tokenizer:
             "pad_token": self.specials.pad,
             "moelab_family": self.family,
             "moelab_hash": self.hash,
+            "moelab_hash_of": _hash_source(
+                (directory / "tokenizer.json").read_bytes(), self.specials
+            ),
         }
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
         return directory
@@ -214,6 +244,29 @@ class Tokenizer:
                 ids.append(self.eos_id)
         return out
 
+    def encode_packed(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Whole documents (``[bos?] + ids + [eos?]`` each) back to back, for shards.
+
+        Returns:
+            tokens: uint32, every document's ids concatenated.
+            ends: int64 cumulative end of each document in ``tokens`` (``ends[-1] == len``).
+
+        The ids go straight from ``tokenizers``' list into an ``array('I')`` with ``fromlist``
+        (one resize, then a C loop): about 8 ns a token here, against 16 for ``extend`` and
+        about 40 for the chained ``np.fromiter`` over per-document lists that ``write`` does.
+        """
+        tokens = array("I")
+        ends = array("q")
+        bos, eos = self.bos_id, self.eos_id
+        for enc in self.hf.encode_batch_fast(list(texts), add_special_tokens=False):
+            if bos is not None:
+                tokens.append(bos)
+            tokens.fromlist(enc.ids)
+            if eos is not None:
+                tokens.append(eos)
+            ends.append(len(tokens))
+        return np.frombuffer(tokens, dtype=np.uint32), np.frombuffer(ends, dtype=np.int64)
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
@@ -227,6 +280,31 @@ class Tokenizer:
             "eos_id": self.eos_id,
             "pad_id": self.pad_id,
         }
+
+
+def _hash_source(tokenizer_json: bytes, specials: SpecialTokens) -> dict[str, Any]:
+    """What a recorded hash was computed from: the exact file bytes and special tokens."""
+    return {
+        "tokenizer_json_sha256": hashlib.sha256(tokenizer_json).hexdigest(),
+        "specials": [specials.bos, specials.eos, specials.pad],
+    }
+
+
+def _recorded_hash(config: Path, tokenizer_json: bytes, specials: SpecialTokens) -> str | None:
+    """The hash ``save`` recorded in ``config``, if it still describes these bytes and specials.
+
+    Hashing raw bytes (milliseconds) instead of the canonical JSON (a fraction of a second for
+    a real vocabulary) is what makes the reuse cheap; an edited file falls back to rehashing.
+    """
+    try:
+        raw = json.loads(config.read_text())
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("moelab_hash"), str):
+        return None
+    if raw.get("moelab_hash_of") != _hash_source(tokenizer_json, specials):
+        return None
+    return raw["moelab_hash"]
 
 
 def train_bpe(
