@@ -40,3 +40,24 @@ def test_a_freed_block_is_reused_without_page_faults():
     pages = (24 << 20) // 4096
     assert _faults("off") > pages // 2  # default glibc: the second 24 MB is faulted in again
     assert _faults("on") < pages // 20
+
+
+ENGINE_SCRIPT = """
+import sys
+from moelab.infer import memory
+from moelab.infer.engine import Engine
+from moelab.model.presets import tiny_olmoe
+from moelab.model.transformer import MoETransformer
+model = MoETransformer(tiny_olmoe())
+Engine(model, max_batch=1, max_len=16, tune_malloc=sys.argv[1] == "on")
+print(memory._applied)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@pytest.mark.parametrize(("mode", "applied"), [("on", "True"), ("off", "None")])
+def test_engine_tunes_malloc_only_when_asked(mode: str, applied: str):
+    out = subprocess.run(
+        [sys.executable, "-c", ENGINE_SCRIPT, mode], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == applied

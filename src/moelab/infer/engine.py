@@ -89,9 +89,12 @@ class Engine:
         max_batch: int = 8,
         max_len: int | None = None,
         fast: bool = True,
+        tune_malloc: bool = True,
     ):
         """``fast``: run ``FastForward`` (fused inference ops, same logits) where it supports
-        the model; False runs the model's own forward (the reference)."""
+        the model; False runs the model's own forward (the reference). ``tune_malloc``: on a
+        CPU, tell glibc to keep freed heap memory (process-wide, see ``infer/memory.py``);
+        False leaves the host process's allocator alone."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         param = next(model.parameters())
@@ -106,7 +109,7 @@ class Engine:
         self.fast = (
             FastForward(model, self.max_len) if fast and FastForward.supports(model) else None
         )
-        if self.device.type == "cpu":
+        if tune_malloc and self.device.type == "cpu":
             keep_freed_memory()  # process-wide: temporaries reuse warm heap pages (memory.py)
         self.free_rows: list[int] = list(range(max_batch))
         self.running: dict[int, Request] = {}
