@@ -153,6 +153,15 @@ class TrainConfig(Config):
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 = autocast with fp32 master weights."""
+    fused_loss: bool | Literal["auto"] = "auto"
+    """Pretraining's LM head and cross-entropy fused over token chunks (``model(x, labels=y)``,
+    ``losses.linear_cross_entropy``): same loss, gradients equal to fp32 rounding, no full
+    logits tensor. auto = on, except with pipeline stages (pp > 1), whose last stage returns
+    logits to the schedule's loss. true / false force it."""
+    fused_optimizer: bool | Literal["auto"] = "auto"
+    """AdamW's single-kernel (``fused=True``) update instead of ``foreach``. auto = on in one
+    process; distributed runs keep foreach (per-tensor with expert parallelism), whose
+    DTensor/plain-tensor mix the fused kernel does not take."""
     device: str = "cpu"
     log_every: int = 1
     peak_tflops: float | None = None
