@@ -119,7 +119,7 @@ class Trainer:
             world_size=self.dist.dp_size,
             packing=cfg.data.packing,
         )
-        fused = _resolve(self.cfg.fused_loss, self.dist.pipeline is None)
+        fused = _resolve(self.cfg.fused_loss, not self.dist.enabled)
         return PretrainObjective(loader, fused=fused)
 
     def _init_from(self, path: str) -> None:
