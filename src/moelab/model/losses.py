@@ -105,14 +105,14 @@ def _lce_forward(ctx, h_ND, weight_VD, labels_N, ignore_index, chunk, dtype) -> 
     grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_grad else None
     for s in range(0, h.shape[0], chunk):
         e = min(s + chunk, h.shape[0])
-        logits_CV = (h[s:e] @ w.T).to(acc)
-        lse_C = torch.logsumexp(logits_CV, dim=-1)
-        nll_C = lse_C - logits_CV.gather(1, safe_N[s:e]).squeeze(1)
+        # log_softmax, the kernel cross_entropy uses: the same per-token losses.
+        logp_CV = torch.log_softmax((h[s:e] @ w.T).to(acc), dim=-1)
+        nll_C = -logp_CV.gather(1, safe_N[s:e]).squeeze(1)
         loss += torch.where(valid_N[s:e], nll_C, 0.0).sum()
         if not want_grad:
             continue
-        # d loss / d logits = (softmax − onehot(label)) / n, formed in place in the logits.
-        probs_CV = logits_CV.sub_(lse_C[:, None]).exp_()
+        # d loss / d logits = (softmax − onehot(label)) / n, formed in place.
+        probs_CV = logp_CV.exp_()
         probs_CV.scatter_add_(1, safe_N[s:e], -valid_N[s:e, None].to(acc))
         g_CV = probs_CV.mul_(scale_N[s:e, None]).to(dtype)
         torch.mm(g_CV, w, out=grad_h[s:e])
