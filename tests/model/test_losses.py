@@ -9,6 +9,7 @@ import torch
 
 from moelab.model.losses import (
     cross_entropy,
+    linear_cross_entropy,
     load_balancing_loss,
     load_balancing_loss_hf,
     router_z_loss,
@@ -102,3 +103,90 @@ def test_aux_loss_gradients_match_their_closed_forms():
     torch.testing.assert_close(g_z, 2 * lse * p / T, atol=1e-7, rtol=1e-5)
     # LB pushes probability away from the busiest expert: descent lowers its logits on average.
     assert g_lb[:, n.argmax()].mean() > 0
+
+
+def _lce_case(N: int = 37, D: int = 16, V: int = 50, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=gen)
+    w = torch.randn(V, D, generator=gen) * 0.3
+    labels = torch.randint(0, V, (N,), generator=gen)
+    labels[::5] = -100
+    return h, w, labels
+
+
+def _loss_and_grads(fn, h, w, labels, scale: float = 1.0):
+    h, w = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = fn(h, w, labels)
+    (loss * scale).backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 36, 37, 1000])
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_linear_cross_entropy_matches_unfused_loss_and_gradients(chunk, scale):
+    """Any chunking (one token, uneven last chunk, one chunk) gives the unfused loss and grads;
+    a scaled backward (gradient accumulation's 1/accum) scales them."""
+    h, w, labels = _lce_case()
+    ref = _loss_and_grads(lambda h, w, y: cross_entropy(h @ w.T, y), h, w, labels, scale)
+    ours = _loss_and_grads(
+        lambda h, w, y: linear_cross_entropy(h, w, y, chunk_tokens=chunk), h, w, labels, scale
+    )
+    torch.testing.assert_close(ours[0], ref[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours[1], ref[1], atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(ours[2], ref[2], atol=1e-7, rtol=1e-5)
+    # ignored rows get no gradient at all
+    assert ours[1][labels == -100].abs().max() == 0
+
+
+def test_linear_cross_entropy_gradcheck_double():
+    """The gradients formed in the forward are the true derivative (finite differences)."""
+    h, w, labels = _lce_case(N=6, D=3, V=5)
+    h, w = h.double().requires_grad_(), w.double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda h, w: linear_cross_entropy(h, w, labels, chunk_tokens=4), (h, w)
+    )
+
+
+def test_linear_cross_entropy_under_bf16_autocast_and_without_grad():
+    h, w, labels = _lce_case(N=64, D=32, V=40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _loss_and_grads(lambda h, w, y: cross_entropy(h @ w.T, y), h, w, labels)
+        ours = _loss_and_grads(
+            lambda h, w, y: linear_cross_entropy(h, w, y, chunk_tokens=16), h, w, labels
+        )
+    # bf16 matmuls on both sides; the head's gradient is summed in fp32 here, in bf16 there.
+    assert ours[1].dtype == ours[2].dtype == torch.float32
+    torch.testing.assert_close(ours[0], ref[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(ours[1], ref[1], atol=2e-4, rtol=2e-2)
+    torch.testing.assert_close(ours[2], ref[2], atol=2e-4, rtol=2e-2)
+    with torch.no_grad():
+        assert linear_cross_entropy(h, w, labels).item() == pytest.approx(
+            cross_entropy(h @ w.T, labels).item(), rel=1e-6
+        )
+
+
+def test_linear_cross_entropy_rejects_bad_shapes():
+    h, w, labels = _lce_case()
+    with pytest.raises(ValueError, match=r"h \(N, D\) and labels \(N,\)"):
+        linear_cross_entropy(h, w, labels[:-1])
+
+
+def test_model_with_labels_returns_the_fused_loss_of_its_logits():
+    from moelab.model import ModelConfig, build_model
+
+    cfg = ModelConfig.from_dict({"preset": "tiny-olmoe"}, ["num_layers=1", "vocab_size=64"])
+    model = build_model(cfg, seed=0)
+    x = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    inputs, labels = x[:, :-1], x[:, 1:]
+    ref = cross_entropy(model(inputs).logits, labels)
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    out = model(inputs, labels=labels)
+    assert out.logits is None and out.batch_size == 2 and len(out.router) == 1
+    out.loss.backward()
+    torch.testing.assert_close(out.loss, ref, atol=1e-6, rtol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-7, rtol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="full sequence"):
+        model(inputs, labels=labels, logits_at=torch.zeros(2, dtype=torch.long))

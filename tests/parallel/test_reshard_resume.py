@@ -23,6 +23,9 @@ COMMON = {
     "schedule.kind": "constant",
     "balance.lb_coef": 0.01,
     "checkpoint.latest_every_steps": 0,
+    # torchrun runs the unfused LM head + loss (fused_loss: auto); the reference must too: the two
+    # differ by fp32 rounding that 6 steps at lr 1e-2 grow past 1e-5 (TrainConfig.fused_loss).
+    "fused_loss": False,
     # micro batches of 4 rows on every layout (the aux losses are per micro batch): global 16
     "batch.global_batch_size": 16,
     "checkpoint.every_tokens": 512,  # 2 steps of 16 x 16 tokens: kept checkpoints at 2 and 4

@@ -41,6 +41,9 @@ COMMON = {
     "balance.lb_coef": 0.01,
     "balance.z_coef": 0.001,
     "checkpoint.latest_every_steps": 0,
+    # torchrun runs the unfused LM head + loss (fused_loss: auto); the reference must too: the two
+    # differ by fp32 rounding that 6 steps at lr 1e-2 grow past 1e-5 (TrainConfig.fused_loss).
+    "fused_loss": False,
     "checkpoint.every_tokens": 384,  # 3 steps of 8 × 16 tokens: kept checkpoints at 3 and 6
 }
 

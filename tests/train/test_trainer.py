@@ -47,6 +47,32 @@ def test_batch_ramp_changes_accumulation(tmp_path, shards):
     assert [r["global_batch"] for r in rows] == [8, 8, 16, 16, 16, 16]
 
 
+def test_fused_loss_and_optimizer_are_the_default_and_train_as_the_unfused_pair(
+    tmp_path, shards, monkeypatch
+):
+    """One process: the fused LM head + cross-entropy and fused AdamW run by default, and follow
+    the unfused path's losses (seq-aux loss on: it needs the batch size without logits)."""
+    import moelab.model.transformer as transformer
+
+    calls = []
+    real = transformer.linear_cross_entropy
+    monkeypatch.setattr(transformer, "linear_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    over = {"balance.seq_aux_coef": 1e-3, "batch.global_batch_size": 8}
+    runs = {}
+    for name, extra in (
+        ("auto", {}),
+        ("off", {"fused_loss": "off", "fused_optimizer": "false"}),
+    ):
+        trainer = Trainer(tiny_config(tmp_path / name, shards, max_steps=6, **over, **extra))
+        assert bool(trainer.optimizer.defaults["fused"]) is (name == "auto")
+        trainer.run()
+        runs[name] = _losses(tmp_path / name / "run")[1]
+    assert len(calls) == 12  # 6 steps × 2 micro batches, fused only in the "auto" run
+    for got, want in zip(runs["auto"], runs["off"], strict=True):
+        for key in ("loss", "seq_aux_loss", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], abs=1e-5), (got["step"], key)
+
+
 def test_resume_in_process_equals_uninterrupted(tmp_path, shards):
     full = tiny_config(
         tmp_path / "a", shards, max_steps=12, **{"balance.lb_coef": 0.01, "balance.z_coef": 0.001}

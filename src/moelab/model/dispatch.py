@@ -52,12 +52,14 @@ class LocalDispatcher:
         T, K = expert_ids_TK.shape
         flat_ids = expert_ids_TK.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)
-        # index_select, not x[idx]: several times faster on CPU, and its backward is index_add.
-        x_sorted_SD = x_TD.index_select(0, order // K)
-        counts_E = torch.zeros(self.num_experts, dtype=torch.int64, device=x_TD.device)
-        counts_E.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
+        if dispatch_cpu.use_cpu_kernels(x_TD):
+            x_sorted_SD = dispatch_cpu.gather(x_TD, order, inverse, K)
+        else:  # index_select, not x[idx]: several times faster on CPU; its backward is index_add.
+            x_sorted_SD = x_TD.index_select(0, order // K)
+        counts_E = torch.zeros(self.num_experts, dtype=torch.int64, device=x_TD.device)
+        counts_E.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
         return x_sorted_SD, counts_E, DispatchState(order, inverse, weights_TK, T, K, x_TD.dtype)
 
     def run(

@@ -13,6 +13,12 @@ Conventions are named, because the two references disagree (model_spec.md §3.5)
   per sequence ``Σ_e f_e·P_e`` with f = E/(K·T)·count and P the mean of the per-token
   normalised sigmoid scores; averaged over sequences and layers.
 
+* ``linear_cross_entropy`` — the LM head and ``cross_entropy`` in one pass over token chunks:
+  the (tokens, V) fp32 logits, their log-softmax and its gradient never exist whole (they are
+  the largest tensors of a small model's step: 32 MiB each for 2,048 tokens × 4,096 vocab).
+  Each chunk's logit gradient is formed in the forward, multiplied into the hidden-state and
+  head-weight gradients, and dropped (the approach of Liger-Kernel's fused linear cross-entropy).
+
 Nothing here has state; the aux-loss-free bias update lives with the trainer.
 """
 
@@ -31,6 +37,92 @@ def cross_entropy(
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore_index
     )
+
+
+LCE_CHUNK_ELEMENTS = 1 << 20
+"""Logit elements per chunk of ``linear_cross_entropy`` (4 MiB in fp32: stays in cache on CPU)."""
+
+
+def linear_cross_entropy(
+    h_ND: torch.Tensor,
+    weight_VD: torch.Tensor,
+    labels_N: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """``cross_entropy(h_ND @ weight_VD.T, labels_N)`` without the whole logits tensor.
+
+    Same math as the unfused pair, in the same dtypes: the matmuls in the autocast dtype when
+    autocast is on (else the inputs' dtype), logits upcast to fp32 before the softmax, the mean
+    over the labels that are not ``ignore_index``. Gradients agree to fp32 rounding (the head
+    weight's gradient is summed chunk by chunk, in fp32 also under autocast).
+    """
+    if h_ND.dim() != 2 or labels_N.shape != h_ND.shape[:1]:
+        raise ValueError(
+            f"linear_cross_entropy takes h (N, D) and labels (N,), got {tuple(h_ND.shape)} "
+            f"and {tuple(labels_N.shape)}"
+        )
+    device_type = h_ND.device.type
+    dtype = (
+        torch.get_autocast_dtype(device_type)
+        if torch.is_autocast_enabled(device_type)
+        else h_ND.dtype
+    )
+    chunk = chunk_tokens or max(1, LCE_CHUNK_ELEMENTS // weight_VD.shape[0])
+    return _LinearCrossEntropy.apply(h_ND, weight_VD, labels_N, ignore_index, chunk, dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_ND, weight_VD, labels_N, ignore_index, chunk, dtype):
+        with torch.autocast(h_ND.device.type, enabled=False):
+            return _lce_forward(ctx, h_ND, weight_VD, labels_N, ignore_index, chunk, dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        if grad_h.numel() == 0:  # no input needed a gradient
+            return None, None, None, None, None, None
+        # grad_loss is 1 for a plain backward(); skip a multiply that would round nothing.
+        if grad_loss.ne(1).item():
+            grad_h, grad_w = grad_h * grad_loss, grad_w * grad_loss
+        grad_h = grad_h.to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
+        grad_w = grad_w.to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None, None, None, None
+
+
+def _lce_forward(ctx, h_ND, weight_VD, labels_N, ignore_index, chunk, dtype) -> torch.Tensor:
+    """Loss, and (when an input needs one) both gradients, chunk by chunk; saves the gradients."""
+    want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    h, w = h_ND.to(dtype), weight_VD.to(dtype)
+    acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for a float64 gradcheck
+    valid_N = labels_N != ignore_index
+    n_valid = valid_N.sum()
+    safe_N = torch.where(valid_N, labels_N, 0)[:, None]
+    scale_N = valid_N.to(acc) / n_valid  # 1/n on counted rows, 0 on ignored ones
+    loss = torch.zeros((), dtype=acc, device=h.device)
+    grad_h = torch.empty_like(h) if want_grad else h.new_empty(0)
+    grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_grad else None
+    for s in range(0, h.shape[0], chunk):
+        e = min(s + chunk, h.shape[0])
+        # log_softmax, the kernel cross_entropy uses: the same per-token losses.
+        logp_CV = torch.log_softmax((h[s:e] @ w.T).to(acc), dim=-1)
+        nll_C = -logp_CV.gather(1, safe_N[s:e]).squeeze(1)
+        loss += torch.where(valid_N[s:e], nll_C, 0.0).sum()
+        if not want_grad:
+            continue
+        # d loss / d logits = (softmax − onehot(label)) / n, formed in place.
+        probs_CV = logp_CV.exp_()
+        probs_CV.scatter_add_(1, safe_N[s:e], -valid_N[s:e, None].to(acc))
+        g_CV = probs_CV.mul_(scale_N[s:e, None]).to(dtype)
+        torch.mm(g_CV, w, out=grad_h[s:e])
+        if dtype == acc:
+            grad_w.addmm_(g_CV.T, h[s:e])
+        else:
+            grad_w += (g_CV.T @ h[s:e]).to(acc)
+    ctx.h_dtype, ctx.w_dtype = h_ND.dtype, weight_VD.dtype
+    ctx.save_for_backward(grad_h, grad_w if grad_w is not None else h.new_empty(0))
+    return loss / n_valid
 
 
 def load_balancing_loss(router: list[RouterOutput], num_experts: int, top_k: int) -> torch.Tensor:

@@ -1,7 +1,10 @@
 """The decoder: embeddings, pre-norm blocks (dense or MoE per layer), final norm, lm_head.
 
 ``forward`` returns logits and one ``RouterOutput`` per MoE layer; losses are computed outside
-(``moelab.model.losses``), so training, evaluation and routing analysis share one forward.
+(``moelab.model.losses``), so training, evaluation and routing analysis share one forward. The
+one exception: given ``labels``, the LM head returns the mean cross-entropy instead of logits
+(``linear_cross_entropy``: the head and the loss fused, the full logits never materialised),
+still through the ``lm_head`` module so FSDP's hooks on it run as for the logits path.
 Blocks live in a ``ModuleDict`` keyed by layer index so pipeline stages can drop layers and
 keep their names. The model knows nothing of devices beyond its own parameters, of optimizers,
 or of parallelism (applied from outside by moelab.parallel).
@@ -20,18 +23,32 @@ from moelab.model.attention import Attention, KVCacheProtocol
 from moelab.model.config import ModelConfig
 from moelab.model.experts import GroupedExperts
 from moelab.model.layers import RMSNorm, RotaryEmbedding, SwiGLU
+from moelab.model.losses import linear_cross_entropy
 from moelab.model.moe import MoELayer
 from moelab.model.router import Router, RouterOutput
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor
-    """(B, T, V) in the model (or autocast) dtype; losses upcast to fp32."""
+    logits: torch.Tensor | None
+    """(B, T, V) in the model (or autocast) dtype; losses upcast to fp32. None given labels."""
     router: list[RouterOutput] = field(default_factory=list)
     """One entry per MoE layer, in layer order (dense layers have none)."""
     moe_layers: list[int] = field(default_factory=list)
     """The layer index of each router entry."""
+    loss: torch.Tensor | None = None
+    """Mean token cross-entropy (fp32) when ``forward`` was given labels."""
+    batch_size: int = 0
+    """Rows of the input (B): the sequence count the sequence-wise balance loss needs."""
+
+
+class LMHead(nn.Linear):
+    """The output projection; with ``labels`` it returns the loss instead of the logits."""
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            return super().forward(h)
+        return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.weight, labels.reshape(-1))
 
 
 class TransformerBlock(nn.Module):
@@ -76,7 +93,7 @@ class MoETransformer(nn.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.attention.rope_theta)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -87,6 +104,7 @@ class MoETransformer(nn.Module):
         kv_cache: KVCacheProtocol | None = None,
         document_ids: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> ModelOutput:
         """input_ids (B, T); positions (B, T) default to 0..T-1 (pass them when decoding).
 
@@ -94,6 +112,8 @@ class MoETransformer(nn.Module):
         document (pass positions restarting at each document too). Not combined with a cache.
         ``logits_at`` (B,) keeps one position per row: logits are (B, 1, V), and lm_head runs on
         B rows instead of B*T (generation needs only each prompt's last position).
+        ``labels`` (B, T), already shifted, -100 = ignored: ``loss`` is their mean cross-entropy
+        and ``logits`` is None (the head and the loss run fused, chunk by chunk).
         """
         B, T = input_ids.shape
         if document_ids is not None and kv_cache is not None:
@@ -107,7 +127,7 @@ class MoETransformer(nn.Module):
             else h.dtype
         )
         rope = self.rotary(positions, dtype)
-        out = ModelOutput(logits=h)
+        out = ModelOutput(logits=h, batch_size=B)
         for block in self.layers.values():
             h, routing = block(h, rope, positions, kv_cache, document_ids)
             if routing is not None:
@@ -117,6 +137,11 @@ class MoETransformer(nn.Module):
             h = h[torch.arange(B, device=h.device), logits_at][:, None]
         if self.norm is not None:
             h = self.norm(h)
+        if labels is not None:
+            if logits_at is not None or self.lm_head is None:
+                raise ValueError("labels need the full sequence and the model's lm_head")
+            out.logits, out.loss = None, self.lm_head(h, labels=labels.to(h.device))
+            return out
         out.logits = self.lm_head(h) if self.lm_head is not None else h
         return out
 

@@ -60,12 +60,18 @@ class LoaderObjective:
 
 
 class PretrainObjective(LoaderObjective):
-    """Next-token cross-entropy over token-shard rows; the state is the loader's."""
+    """Next-token cross-entropy over token-shard rows; the state is the loader's.
 
-    def __init__(self, loader):
-        self.data = loader
+    ``fused``: the model computes the loss from labels (head and loss fused, no logits).
+    """
+
+    def __init__(self, loader, fused: bool = False):
+        self.data, self.fused = loader, fused
 
     def loss(self, forward: Forward, batch) -> ObjectiveLoss:
+        if self.fused:
+            out = forward(batch.inputs, labels=batch.targets)
+            return ObjectiveLoss(out.loss, out)
         out = forward(batch.inputs)
         targets = batch.targets.to(out.logits.device, non_blocking=True)
         return ObjectiveLoss(cross_entropy(out.logits, targets), out)

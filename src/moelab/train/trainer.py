@@ -81,7 +81,9 @@ class Trainer:
         if cfg.init_from and not (resume and list_checkpoints(self.out_dir)):
             self._init_from(cfg.init_from)
         shard_model(self.model, self.dist, **stage_losses(cfg))
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(
+            self.model, cfg.optim, fused=_resolve(cfg.fused_optimizer, not self.dist.enabled)
+        )
         self.dist.adapt_optimizer(self.optimizer)
         if objective is not None and self.dist.pipeline is not None:
             raise ValueError(
@@ -117,7 +119,8 @@ class Trainer:
             world_size=self.dist.dp_size,
             packing=cfg.data.packing,
         )
-        return PretrainObjective(loader)
+        fused = _resolve(self.cfg.fused_loss, not self.dist.enabled)
+        return PretrainObjective(loader, fused=fused)
 
     def _init_from(self, path: str) -> None:
         """Copy weights (and expert biases) from a checkpoint whose config matches cfg.model."""
@@ -239,9 +242,7 @@ class Trainer:
                 parts["z_loss"] = router_z_loss(out.router, divide_by_top_k=bal.z_divide_by_top_k)
                 loss = loss + bal.z_coef * parts["z_loss"]
             if bal.seq_aux_coef:
-                parts["seq_aux_loss"] = sequence_balance_loss(
-                    out.router, batch_size=out.logits.shape[0]
-                )
+                parts["seq_aux_loss"] = sequence_balance_loss(out.router, batch_size=out.batch_size)
                 loss = loss + bal.seq_aux_coef * parts["seq_aux_loss"]
         (loss / accum).backward()
         counts = torch.stack([r.tokens_per_expert_E for r in out.router]) if out.router else None
@@ -428,6 +429,11 @@ class Trainer:
             if logger:
                 logger.close()
         return {"first": first, "last": last, "out_dir": str(self.out_dir)}
+
+
+def _resolve(setting: bool | str, auto: bool) -> bool:
+    """A true/false/auto switch: auto takes the caller's default for this layout."""
+    return auto if setting == "auto" else bool(setting)
 
 
 def _is_dcp(run_dir: Path, resume: str) -> bool:
