@@ -36,10 +36,11 @@ def _size(n: float) -> str:
 
 
 def format_funnel(funnel: list[tuple[str, StepStats]]) -> str:
-    """A text table: per step docs in/out, kept %, bytes in/out, then the drop reasons."""
+    """A text table: per step docs in/out, kept %, bytes in/out, wall seconds spent in the step
+    (summed over shards and workers), then the drop reasons."""
     lines = [
         f"{'step':<16}{'docs in':>10}{'docs out':>10}{'kept':>8}{'bytes in':>12}{'bytes out':>12}"
-        f"{'cpu s':>9}"
+        f"{'step s':>9}"
     ]
     for step, st in funnel:
         kept = f"{100 * st.docs_out / st.docs_in:.1f}%" if st.docs_in else "-"
