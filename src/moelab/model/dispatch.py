@@ -50,16 +50,11 @@ class LocalDispatcher:
     ) -> tuple[torch.Tensor, torch.Tensor, DispatchState]:
         """Return (x_SD sorted by expert, tokens_per_expert_E, state for combine)."""
         T, K = expert_ids_TK.shape
-        flat_ids = expert_ids_TK.reshape(-1)
-        order = torch.argsort(flat_ids, stable=True)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
+        order, inverse, counts_E = sort_by_expert(expert_ids_TK, self.num_experts)
         if dispatch_cpu.use_cpu_kernels(x_TD):
             x_sorted_SD = dispatch_cpu.gather(x_TD, order, inverse, K)
         else:  # index_select, not x[idx]: several times faster on CPU; its backward is index_add.
             x_sorted_SD = x_TD.index_select(0, order // K)
-        counts_E = torch.zeros(self.num_experts, dtype=torch.int64, device=x_TD.device)
-        counts_E.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
         return x_sorted_SD, counts_E, DispatchState(order, inverse, weights_TK, T, K, x_TD.dtype)
 
     def run(
@@ -86,3 +81,22 @@ def weighted_sum(
 ) -> torch.Tensor:
     """sum_k weight_k · y_k in the wider dtype of the two, cast once (transformers' op order)."""
     return (y_TKD * weights_TK.unsqueeze(-1)).sum(dim=1).to(out_dtype)
+
+
+def sort_by_expert(
+    expert_ids_TK: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order_S, inverse_S, tokens_per_expert_E): the stable sort of the T·K assignments by
+    expert id, its inverse permutation, and the block sizes. Every dispatcher starts here."""
+    flat_ids = expert_ids_TK.reshape(-1)
+    order = torch.argsort(flat_ids, stable=True)
+    counts_E = torch.zeros(num_experts, dtype=torch.int64, device=flat_ids.device)
+    counts_E.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
+    return order, inverse_permutation(order), counts_E
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[i]] = i`` (a scatter, cheaper than a second argsort)."""
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inverse

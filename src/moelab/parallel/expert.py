@@ -34,6 +34,7 @@ import torch.distributed._functional_collectives as fc
 from torch import nn
 
 from moelab.common.sharding import LOCAL_SHARD_ATTR
+from moelab.model.dispatch import inverse_permutation, sort_by_expert, weighted_sum
 from moelab.model.moe import MoELayer
 
 
@@ -61,28 +62,14 @@ def _a2a(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) ->
 
 def _sort_by_expert(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, num_experts: int):
     """(x_SD sorted by global expert, inverse permutation, tokens per expert E)."""
-    K = expert_ids_TK.shape[1]
-    flat = expert_ids_TK.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    x_sorted = x_TD.index_select(0, order // K)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    counts_E = torch.zeros(num_experts, dtype=torch.int64, device=x_TD.device)
-    counts_E.scatter_add_(0, flat, torch.ones_like(flat))
-    return x_sorted, inverse, counts_E
-
-
-def _inverse(perm: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(perm)
-    out[perm] = torch.arange(perm.numel(), device=perm.device)
-    return out
+    order, inverse, counts_E = sort_by_expert(expert_ids_TK, num_experts)
+    return x_TD.index_select(0, order // expert_ids_TK.shape[1]), inverse, counts_E
 
 
 def _combine_local(y_SD: torch.Tensor, inverse_S, weights_TK, out_dtype) -> torch.Tensor:
     """Undo the sort and sum each token's K weighted expert outputs (as LocalDispatcher)."""
     T, K = weights_TK.shape
-    y_TKD = y_SD.index_select(0, inverse_S).view(T, K, -1)
-    return (y_TKD * weights_TK.unsqueeze(-1)).sum(dim=1).to(out_dtype)
+    return weighted_sum(y_SD.index_select(0, inverse_S).view(T, K, -1), weights_TK, out_dtype)
 
 
 class AllToAllDispatcher:
@@ -125,7 +112,14 @@ class AllToAllDispatcher:
         regroup = _source_to_expert_order(recv_mat).to(x_recv.device)
         x_local = x_recv.index_select(0, regroup)
         state = A2AState(
-            inverse, _inverse(regroup), weights_TK, send_splits, recv_splits, T, K, x_TD.dtype
+            inverse,
+            inverse_permutation(regroup),
+            weights_TK,
+            send_splits,
+            recv_splits,
+            T,
+            K,
+            x_TD.dtype,
         )
         return x_local, recv_mat.sum(0), state
 
@@ -165,7 +159,7 @@ class AllToAllDispatcher:
         for c in range(C):
             regroup = _source_to_expert_order(recv[c]).to(x_TD.device)
             y_RD = experts(arriving[c].index_select(0, regroup), recv[c].sum(0))
-            y_back = y_RD.index_select(0, _inverse(regroup))
+            y_back = y_RD.index_select(0, inverse_permutation(regroup))
             returning.append(_a2a_async(y_back, send_splits[c], recv_splits[c], self.group))
         out = [
             _combine_local(y, s[1], w, x_TD.dtype)
