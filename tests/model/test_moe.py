@@ -7,7 +7,7 @@ import torch
 from moelab.model import build_model, get_preset
 from moelab.model.config import ModelConfig, MoEConfig
 from moelab.model.layers import SwiGLU
-from moelab.model.moe import MoELayer
+from moelab.model.moe import GATHER_MAX_NUMEL, MoELayer
 
 
 def _moe_cfg(**moe) -> ModelConfig:
@@ -92,7 +92,7 @@ def test_backward_reaches_every_parameter_under_bf16_autocast():
 
 
 def test_few_token_gathered_path_equals_grouped_and_runs_only_without_grad():
-    """Decode-sized inputs (fewer assignments than experts, no autograd) take the gathered path;
+    """Decode-sized inputs (a weight copy under GATHER_MAX_NUMEL, no autograd) take the gathered path;
     its output equals the sorted grouped path's, in fp32 and bf16, for both router families."""
     for preset in ("tiny-dots", "tiny-olmoe"):
         cfg = get_preset(preset)
@@ -104,7 +104,9 @@ def test_few_token_gathered_path_equals_grouped_and_runs_only_without_grad():
             assert not layer._gather(3 * cfg.moe.top_k)  # autograd on
             with torch.no_grad():
                 assert layer._gather(3 * cfg.moe.top_k)
-                assert not layer._gather(cfg.moe.num_experts)
+                assert layer._gather(cfg.moe.num_experts)  # the copy's size is the bound
+                too_many = GATHER_MAX_NUMEL // layer.experts.gathered_numel(1) + 1
+                assert not layer._gather(too_many)
             called = []
             original = layer.experts.forward_gathered
             layer.experts.forward_gathered = lambda *a, c=called, f=original: c.append(1) or f(*a)

@@ -6,9 +6,10 @@ and weights, each expert is ``down(silu(gate(x)) * up(x))`` with the stacked wei
 ``GroupedExperts``, outputs are weighted and summed over the K slots in slot order. What
 changes is how the expert products are batched:
 
-* **few assignments** (S = N·K below the number of experts, decode): copy just the selected
-  experts' weights and run one batched matrix-vector product per assignment
-  (``GroupedExperts.forward_gathered``): a grouped GEMM would visit every expert;
+* **few assignments** (decode; while the copy stays under ``GATHER_MAX_NUMEL``, the model's
+  rule in ``MoELayer._gather``): copy just the selected experts' weights and run one batched
+  matrix-vector product per assignment (``GroupedExperts.forward_gathered``): a grouped GEMM
+  would run one small GEMM per expert, empty ones included;
 * **many** (prefill, big decode batches): sort assignments by expert once, one grouped GEMM
   per projection over each expert's contiguous block (``GroupedExperts.forward``, which falls
   back to a per-expert loop where grouped_mm can't run), and unsort with the inverse
@@ -41,8 +42,7 @@ class FastMoE:
         x_ND = x_BTD.reshape(B * T, D)
         routing = self.gate(x_ND)
         ids_NK, w_NK = routing.expert_ids_TK, routing.weights_TK
-        S = B * T * self.K
-        if S < self.E and self.experts.gathered_numel(S) <= GATHER_MAX_NUMEL:
+        if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
             y_NKD = self.experts.forward_gathered(x_ND, ids_NK)
         else:
             y_NKD = self._sorted(x_ND, ids_NK, routing.tokens_per_expert_E)
