@@ -1,21 +1,23 @@
 """Expert-parallel MoE layer with the all-to-all overlapped with expert compute, on CPU (gloo).
 
 Two gloo processes each hold half the experts of one MoE layer; ``parallel.ep_overlap_chunks``
-= 1, 2, 4 splits each rank's tokens into that many pieces so piece i's all-to-all runs while
-piece i-1's experts compute (``AllToAllDispatcher.run``). The settings run round-robin,
-``--rounds`` times, in the same processes, so background load hits them alike; the report
-gives the median forward and forward+backward time of each, its ratio to chunks = 1, and the
-largest output difference from chunks = 1.
+= 1, 2, 4 splits each rank's tokens into that many pieces (``AllToAllDispatcher.run``). Each
+chunked setting runs twice: "forward" (the pipeline before the backward overlap: funcol's
+autograd all-to-all, whose backward blocks piece by piece; ``overlap_backward=False``) and
+"both" (the current one: the backward also keeps the other pieces' gradient all-to-alls in
+flight while a piece's expert backward runs). The settings run round-robin, ``--rounds``
+times, in the same processes, so background load hits them alike; the report gives the median
+forward and forward+backward time of each, its ratio to chunks = 1, the ratio of "both" to
+"forward" at the same chunks, and the largest differences from chunks = 1 (output, absolute;
+input and expert-weight gradients, relative to their largest entry).
 
 What to expect here: no reliable gain. On 2 CPU cores the gloo transfer is a memcpy through
 the loopback that needs a core itself, and the two ranks already use both; the overlap is for
-GPUs, where the all-to-all runs on the network/NVLink engines while the SMs compute. Two runs
-on the shared 2-core machine (load 3.5-6) gave forward ratios for 4 chunks of 0.86 and 0.70
-and for 2 chunks of 1.29 and 0.72: within the noise, so no claim either way. Chunking is
-exact here (largest output difference 0.0).
+GPUs, where the all-to-all runs on the network/NVLink engines while the SMs compute.
+Results and the load they ran under: docs/distributed.md.
 
 Usage:
-    python -P benchmarks/ep_overlap.py [--rounds 5] [--tokens 2048]
+    python -P benchmarks/ep_overlap.py [--rounds 10] [--tokens 2048]
 Writes benchmarks/results/ep_overlap_cpu.json.
 """
 
@@ -38,7 +40,9 @@ from moelab.common.device import device_name
 from moelab.model import ModelConfig
 from moelab.model.moe import MoELayer
 
-CHUNKS = (1, 2, 4)
+SETTINGS = ((1, "none"), (2, "forward"), (2, "both"), (4, "forward"), (4, "both"))
+"""(chunks, which passes overlap): "forward" is the pipeline before the backward overlap
+(funcol's autograd all-to-all, blocking in the backward); "both" the current one."""
 MODEL = {
     "preset": "tiny-dots",
     "hidden_size": 512,
@@ -52,7 +56,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _layer(chunks: int) -> MoELayer:
+def _layer(chunks: int, overlap: str) -> MoELayer:
     from moelab.parallel.expert import apply_expert_parallel
 
     cfg = ModelConfig.from_dict(MODEL)
@@ -61,6 +65,7 @@ def _layer(chunks: int) -> MoELayer:
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.02)
     apply_expert_parallel(layer, dist.group.WORLD, overlap_chunks=chunks)
+    layer.dispatcher.overlap_backward = overlap != "forward"
     return layer
 
 
@@ -72,6 +77,13 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _fwd_bwd(layer: MoELayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xx = x.clone().requires_grad_()
+    out = layer(xx)[0]
+    out.square().sum().backward()
+    return out.detach(), xx.grad
+
+
 def _worker(rank: int, world: int, port: int, args, out_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -79,33 +91,44 @@ def _worker(rank: int, world: int, port: int, args, out_path: str) -> None:
     x = torch.randn(
         1, args.tokens, MODEL["hidden_size"], generator=torch.Generator().manual_seed(rank)
     )
-    layers = {c: _layer(c) for c in CHUNKS}
-    fwd: dict[int, list[float]] = {c: [] for c in CHUNKS}
-    fwd_bwd: dict[int, list[float]] = {c: [] for c in CHUNKS}
+    layers = {s: _layer(*s) for s in SETTINGS}
+    fwd: dict = {s: [] for s in SETTINGS}
+    fwd_bwd: dict = {s: [] for s in SETTINGS}
     outs = {}
-    for r in range(args.rounds + 1):  # round 0 warms up
-        for c, layer in layers.items():
+    for r in range(args.rounds + 1):  # round 0 warms up and keeps the results
+        for s, layer in layers.items():
             with torch.no_grad():
                 t = _time(lambda layer=layer: layer(x))
-            xx = x.clone().requires_grad_()
-            t2 = _time(lambda layer=layer, xx=xx: layer(xx)[0].square().sum().backward())
+            t2 = _time(lambda layer=layer: _fwd_bwd(layer, x))
             if r:
-                fwd[c].append(t)
-                fwd_bwd[c].append(t2)
+                fwd[s].append(t)
+                fwd_bwd[s].append(t2)
             else:  # every rank: the layer's all-to-alls need both
-                with torch.no_grad():
-                    outs[c] = layer(x)[0]
+                layer.zero_grad()
+                out, dx = _fwd_bwd(layer, x)
+                outs[s] = (out, dx, layer.experts.gate_up_proj.grad)
     if rank == 0:
-        res = {}
-        for c in CHUNKS:
-            f, fb = statistics.median(fwd[c]), statistics.median(fwd_bwd[c])
-            res[c] = {
-                "forward_ms": round(f * 1e3, 2),
-                "forward_vs_chunks1": round(f / statistics.median(fwd[1]), 3),
-                "fwd_bwd_ms": round(fb * 1e3, 2),
-                "fwd_bwd_vs_chunks1": round(fb / statistics.median(fwd_bwd[1]), 3),
-                "max_out_diff_vs_chunks1": (outs[c] - outs[1]).abs().max().item(),
-            }
+        res = []
+        base = SETTINGS[0]
+        for s in SETTINGS:
+            f, fb = statistics.median(fwd[s]), statistics.median(fwd_bwd[s])
+            before = (s[0], "forward") if s[1] == "both" else s
+            res.append(
+                {
+                    "chunks": s[0],
+                    "overlap": s[1],
+                    "forward_ms": round(f * 1e3, 2),
+                    "forward_vs_chunks1": round(f / statistics.median(fwd[base]), 3),
+                    "fwd_bwd_ms": round(fb * 1e3, 2),
+                    "fwd_bwd_vs_chunks1": round(fb / statistics.median(fwd_bwd[base]), 3),
+                    "fwd_bwd_vs_forward_only": round(fb / statistics.median(fwd_bwd[before]), 3),
+                    "max_out_diff_vs_chunks1": (outs[s][0] - outs[base][0]).abs().max().item(),
+                    "max_grad_rel_diff_vs_chunks1": max(
+                        ((a - b).abs().max() / b.abs().max()).item()
+                        for a, b in zip(outs[s][1:], outs[base][1:], strict=True)
+                    ),
+                }
+            )
         Path(out_path).write_text(json.dumps(res))
     dist.barrier()
     dist.destroy_process_group()
@@ -116,25 +139,31 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=2048, help="tokens per rank")
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]
     tmp = Path(__file__).parent / "results" / ".ep_overlap_tmp.json"
     mp.spawn(_worker, args=(2, _free_port(), args, str(tmp)), nprocs=2, join=True)
-    res = {int(k): v for k, v in json.loads(tmp.read_text()).items()}
+    res = json.loads(tmp.read_text())
     tmp.unlink()
+    load = os.getloadavg()[0]
     print(
-        f"{'chunks':>6} {'fwd ms':>8} {'ratio':>6} {'fwd+bwd ms':>10} {'ratio':>6} {'max diff':>9}"
+        f"{'chunks':>6} {'overlap':>8} {'fwd ms':>8} {'ratio':>6} {'fwd+bwd ms':>10} {'ratio':>6}"
+        f" {'vs fwd-only':>11} {'out diff':>9} {'grad rel':>9}"
     )
-    for c, r in res.items():
+    for r in res:
         print(
-            f"{c:>6} {r['forward_ms']:>8.1f} {r['forward_vs_chunks1']:>6.3f} {r['fwd_bwd_ms']:>10.1f}"
-            f" {r['fwd_bwd_vs_chunks1']:>6.3f} {r['max_out_diff_vs_chunks1']:>9.1e}"
+            f"{r['chunks']:>6} {r['overlap']:>8} {r['forward_ms']:>8.1f}"
+            f" {r['forward_vs_chunks1']:>6.3f} {r['fwd_bwd_ms']:>10.1f}"
+            f" {r['fwd_bwd_vs_chunks1']:>6.3f} {r['fwd_bwd_vs_forward_only']:>11.3f}"
+            f" {r['max_out_diff_vs_chunks1']:>9.1e} {r['max_grad_rel_diff_vs_chunks1']:>9.1e}"
         )
+    print(f"1-min load average {load_start:.2f} at the start, {load:.2f} at the end")
     result = {
         "device": device_name(),
         "moelab_version": moelab.__version__,
         "backend": "gloo, 2 ranks, 1 thread each",
         "config": {"model": MODEL, "tokens_per_rank": args.tokens, "rounds": args.rounds},
-        "load_avg_1min": os.getloadavg()[0],
-        "chunks": res,
+        "load_avg_1min": {"start": load_start, "end": load},
+        "settings": res,
         "note": "CPU/gloo: the transfer needs the same cores as the compute, so no gain is "
         "expected; the overlap targets GPUs (unmeasured here).",
     }

@@ -67,36 +67,6 @@ def test_expert_parallel_matches_single_process():
     run_distributed(_ep_worker, world_size=2)
 
 
-def _ep_overlap_worker(rank, world):
-    """Chunked (overlapped) dispatch gives what one all-to-all per layer gives."""
-    from moelab.parallel.expert import apply_expert_parallel
-
-    cfg, x = _cfg(), _data()
-    local = x[2 * rank : 2 * rank + 2]  # 64 tokens per rank: pieces of 32, 22/21/21, 16
-    results = {}
-    for chunks in (1, 2, 3, 4):
-        model = build_model(cfg, seed=1)
-        apply_expert_parallel(model, dist.group.WORLD, overlap_chunks=chunks)
-        assert all(d.chunks == chunks for d in _dispatchers(model))
-        loss = _loss(model, local)
-        loss.backward()
-        results[chunks] = (loss.detach(), {n: p.grad for n, p in model.named_parameters()})
-    loss1, grads1 = results[1]
-    for chunks in (2, 3, 4):
-        loss, grads = results[chunks]
-        torch.testing.assert_close(loss, loss1, atol=1e-6, rtol=0)
-        for name, g in grads.items():
-            torch.testing.assert_close(g, grads1[name], atol=1e-6, rtol=0, msg=f"{chunks} {name}")
-
-
-def _dispatchers(model):
-    return [m.dispatcher for m in model.modules() if hasattr(m, "dispatcher")]
-
-
-def test_overlapped_expert_parallel_equals_one_all_to_all():
-    run_distributed(_ep_overlap_worker, world_size=2)
-
-
 def _fsdp_worker(rank, world):
     from torch.distributed.device_mesh import init_device_mesh
 

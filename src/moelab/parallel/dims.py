@@ -23,8 +23,9 @@ class ParallelDims(Config):
     ep: int = 1
     """Expert-parallel degree; must divide dp_shard and the number of experts."""
     ep_overlap_chunks: int = 1
-    """Pieces each MoE layer's tokens are split into so one piece's all-to-all overlaps the
-    previous piece's expert compute (forward); 1 = no overlap. Only with ep > 1."""
+    """Pieces each MoE layer's tokens are split into so one piece's all-to-all overlaps
+    another piece's expert compute, in the forward and the backward; 1 = no overlap. Only with
+    ep > 1."""
     pp: int = 1
     """Pipeline ranks (stages = pp × stages per rank of the schedule)."""
     pp_schedule: str = "1F1B"

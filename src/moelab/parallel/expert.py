@@ -8,8 +8,26 @@
 * combine: the exact reverse (regroup back, all-to-all back), then the same weighted sum over
   the k slots as the local dispatcher, so results equal the single-device model's;
 * run (what ``MoELayer`` calls): dispatch → experts → combine; with ``chunks`` > 1
-  (``parallel.ep_overlap_chunks``) pipelined over pieces of the tokens so each piece's
-  all-to-all overlaps the previous piece's expert compute (funcol's async all-to-all).
+  (``parallel.ep_overlap_chunks``) pipelined over pieces of the tokens, in both passes.
+
+The pipeline (``_pipelined``). Every all-to-all is two autograd nodes: a start node (forward:
+start the async transfer; backward: wait for the reverse one) and a wait node (forward: wait;
+backward: start the reverse transfer of the gradient and return at once). Forward: all pieces'
+tokens leave at once, piece c's experts run while later pieces are in flight, and its outputs
+travel back while piece c+1 computes. Backward: autograd runs ready nodes latest-created first,
+so the wait nodes of the combine transfers (created last) start every piece's output gradient
+at once; then the pieces run in reverse order, each waiting only for its own gradient, running
+its expert backward, and sending its input gradient back unawaited; the dispatch start nodes
+(created first) wait for those at the very end. While one piece's experts run (forward or
+backward) the other pieces' transfers are in flight (``tests/parallel/test_ep_overlap.py``).
+
+Why two plain nodes rather than one custom Function that owns the pipeline and runs each piece's
+expert backward itself (``torch.autograd.backward`` on a kept sub-graph): the experts stay in
+the ordinary graph, so their weights accumulate gradients as any parameter's (FSDP hooks,
+``autograd.grad`` and split-backward pipeline schedules (ZBV, DualPipeV), whose weight pass
+restarts from the expert GEMMs, see nothing new), and activation checkpointing works: a
+nested backward is a separate graph task, and non-reentrant checkpointing recomputes per graph
+task, so it tried to recompute the block a second time inside it and failed.
 
 The sliced expert weights stay plain local tensors (the grouped GEMM sees them unchanged);
 each is tagged with ``common.sharding.LOCAL_SHARD_ATTR`` = the ep mesh, so gradient reduction,
@@ -78,11 +96,18 @@ class AllToAllDispatcher:
     With ``chunks`` = c, ``run`` splits the T tokens into c contiguous pieces, exchanges all
     their expert counts in one all-to-all, starts every piece's token all-to-all at once, and
     then computes the experts piece by piece: piece i's transfer runs while piece i-1's experts
-    compute, and piece i's combine all-to-all while piece i+1's do. Only the forward overlaps;
-    autograd's backward runs the reverse all-to-alls one after another.
+    compute, and piece i's combine all-to-all while piece i+1's do. The backward mirrors it
+    (module docstring). ``overlap_backward=False`` pipelines only the forward, on funcol's
+    autograd all-to-all, whose backward blocks piece by piece: the benchmark's baseline.
     """
 
-    def __init__(self, num_experts: int, group: dist.ProcessGroup, chunks: int = 1):
+    def __init__(
+        self,
+        num_experts: int,
+        group: dist.ProcessGroup,
+        chunks: int = 1,
+        overlap_backward: bool = True,
+    ):
         self.group = group
         self.ep = dist.get_world_size(group)
         if num_experts % self.ep:
@@ -93,6 +118,7 @@ class AllToAllDispatcher:
             raise ValueError(f"ep_overlap_chunks must be >= 1, got {chunks}")
         self.num_experts, self.local_experts = num_experts, num_experts // self.ep
         self.chunks = chunks
+        self.overlap_backward = overlap_backward
 
     def _exchange_counts(self, counts_CE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One all-to-all of every chunk's counts: (sent, received), each (C, ep, El)."""
@@ -149,23 +175,153 @@ class AllToAllDispatcher:
             )
         )
         sorts = [_sort_by_expert(x, ids, self.num_experts) for x, ids, _ in pieces]
-        send, recv = self._exchange_counts(torch.stack([s[2] for s in sorts]))
-        send_splits, recv_splits = send.sum(-1).tolist(), recv.sum(-1).tolist()  # one host sync
-        arriving = [  # every piece's transfer starts now; each is awaited where it is used
-            _a2a_async(s[0], recv_splits[c], send_splits[c], self.group)
-            for c, s in enumerate(sorts)
-        ]
-        returning = []
-        for c in range(C):
-            regroup = _source_to_expert_order(recv[c]).to(x_TD.device)
-            y_RD = experts(arriving[c].index_select(0, regroup), recv[c].sum(0))
-            y_back = y_RD.index_select(0, inverse_permutation(regroup))
-            returning.append(_a2a_async(y_back, send_splits[c], recv_splits[c], self.group))
+        plan = self._plan(torch.stack([s[2] for s in sorts]), x_TD.device)
+        xs = [s[0] for s in sorts]
+        if self.overlap_backward:
+            ys = _pipelined(plan, experts, xs)
+        else:
+            ys = _forward_pipelined(plan, experts, xs)
         out = [
             _combine_local(y, s[1], w, x_TD.dtype)
-            for y, s, (_, _, w) in zip(returning, sorts, pieces, strict=True)
+            for y, s, (_, _, w) in zip(ys, sorts, pieces, strict=True)
         ]
         return torch.cat(out)
+
+    def _plan(self, counts_CE: torch.Tensor, device: torch.device) -> _Plan:
+        """Every piece's split sizes and row permutations, from one count exchange."""
+        send, recv = self._exchange_counts(counts_CE)
+        send_splits, recv_splits = send.sum(-1).tolist(), recv.sum(-1).tolist()  # one host sync
+        regroup = [_source_to_expert_order(r).to(device) for r in recv]
+        return _Plan(
+            self.group,
+            send_splits,
+            recv_splits,
+            regroup,
+            [inverse_permutation(g) for g in regroup],
+            [r.sum(0) for r in recv],
+        )
+
+
+@dataclass
+class _Plan:
+    """What every piece's transfers and expert call need; fixed by the routing up front."""
+
+    group: dist.ProcessGroup
+    send_splits: list[list[int]]
+    """Rows piece c sends to each EP rank (and receives back in the combine)."""
+    recv_splits: list[list[int]]
+    """Rows piece c receives from each EP rank."""
+    regroup: list[torch.Tensor]
+    """Received (source rank, local expert) blocks → local-expert order, per piece."""
+    regroup_back: list[torch.Tensor]
+    """The inverse of ``regroup``."""
+    counts: list[torch.Tensor]
+    """Tokens per local expert, per piece."""
+
+    def __len__(self) -> int:
+        return len(self.regroup)
+
+
+def _forward_pipelined(plan: _Plan, experts, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Forward-only pipeline on autograd all-to-alls (no grad needed, or ``overlap_backward``
+    off): the backward, if any, runs each piece's reverse all-to-all blocking, in turn."""
+    arriving = [  # every piece's transfer starts now; each is awaited where it is used
+        _a2a_async(x, plan.recv_splits[c], plan.send_splits[c], plan.group)
+        for c, x in enumerate(xs)
+    ]
+    returning = []
+    for c in range(len(plan)):
+        y_RD = experts(arriving[c].index_select(0, plan.regroup[c]), plan.counts[c])
+        y_back = y_RD.index_select(0, plan.regroup_back[c])
+        returning.append(_a2a_async(y_back, plan.send_splits[c], plan.recv_splits[c], plan.group))
+    return returning
+
+
+class _InFlight:
+    """One all-to-all in flight: started by one autograd node, awaited by another."""
+
+    def __init__(self, group: dist.ProcessGroup, out_splits: list[int], in_splits: list[int]):
+        self.group, self.out_splits, self.in_splits = group, out_splits, in_splits
+        self.recv: torch.Tensor | None = None
+        self.work = None
+        self.send: torch.Tensor | None = None
+
+    def start(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """Start sending ``x`` (rows split by ``in_splits``; ``reverse``: the way back)."""
+        out_splits, in_splits = self.out_splits, self.in_splits
+        if reverse:
+            out_splits, in_splits = in_splits, out_splits
+        self.send = x.contiguous()  # kept alive until the transfer is done
+        self.recv = x.new_empty((sum(out_splits), *x.shape[1:]))
+        self.work = dist.all_to_all_single(
+            self.recv, self.send, out_splits, in_splits, group=self.group, async_op=True
+        )
+        return self.recv
+
+    def finish(self) -> torch.Tensor:
+        self.work.wait()
+        recv, self.recv, self.send, self.work = self.recv, None, None, None
+        return recv
+
+
+class _StartAllToAll(torch.autograd.Function):
+    """Forward: start the transfer, return the (not yet filled) receive buffer.
+    Backward: wait for the reverse transfer that ``_WaitAllToAll``'s backward started; the
+    incoming gradient is only the edge that orders the two."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, flight: _InFlight) -> torch.Tensor:
+        ctx.flight = flight
+        return flight.start(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.flight.finish(), None
+
+
+class _WaitAllToAll(torch.autograd.Function):
+    """Forward: wait for the transfer. Backward: start the reverse transfer of the gradient
+    and return at once; ``_StartAllToAll``'s backward waits for it."""
+
+    @staticmethod
+    def forward(ctx, recv: torch.Tensor, flight: _InFlight) -> torch.Tensor:
+        ctx.flight = flight
+        return flight.finish()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.flight.start(grad, reverse=True)
+        # Autograd wants a gradient shaped like the receive buffer; the start node ignores it
+        # and returns the reverse transfer's result (shaped like what was sent) instead.
+        return grad, None
+
+
+def _start(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group):
+    flight = _InFlight(group, out_splits, in_splits)
+    return _StartAllToAll.apply(x, flight), flight
+
+
+def _wait(pending: tuple[torch.Tensor, _InFlight]) -> torch.Tensor:
+    return _WaitAllToAll.apply(*pending)
+
+
+def _pipelined(plan: _Plan, experts, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Both passes pipelined: each all-to-all is a start node and a wait node (module docstring).
+
+    Autograd runs ready nodes latest-created first, so the backward visits the pieces in
+    reverse: every piece's output gradient leaves at once (the wait nodes' backward, created
+    last), then piece c waits for its own, runs its expert backward and sends its input
+    gradient back without waiting; the start nodes, created first, wait for those at the end.
+    """
+    arriving = [
+        _start(x, plan.recv_splits[c], plan.send_splits[c], plan.group) for c, x in enumerate(xs)
+    ]
+    returning = []
+    for c in range(len(plan)):
+        y_RD = experts(_wait(arriving[c]).index_select(0, plan.regroup[c]), plan.counts[c])
+        y_back = y_RD.index_select(0, plan.regroup_back[c])
+        returning.append(_start(y_back, plan.send_splits[c], plan.recv_splits[c], plan.group))
+    return [_wait(r) for r in returning]
 
 
 def _source_to_expert_order(recv_mat: torch.Tensor) -> torch.Tensor:
