@@ -9,10 +9,7 @@ per-expert files on disk is a stack/split:
 ``torch.nn.functional.grouped_mm`` (torch >= 2.10; ``torch._grouped_mm`` before) runs all
 experts in one call on CPU and CUDA. It needs int32 cumulative offsets and 16-byte-aligned
 row strides; when a shape or dtype doesn't allow it the loop runs instead, and tests check
-the two give the same result. The loop is also the reference implementation. In fp32 on CPU,
-where ATen's grouped_mm is a per-expert loop of small GEMMs, MKL's batch GEMM does the same
-products in one call per projection (``mkl_grouped``; forward and backward), when the torch
-build exports it.
+the two give the same result. The loop is also the reference implementation.
 
 ``forward_gathered`` is the few-token path (decoding): on CPU ``grouped_mm`` visits every expert
 even when most have no token, which costs more than the arithmetic when a step has a handful
@@ -25,12 +22,9 @@ Shapes: S sorted assignments, D hidden, F expert width, E experts.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from moelab.model import mkl_grouped
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 _GROUPED_DTYPES = {torch.float32, torch.bfloat16, torch.float16}
@@ -59,8 +53,6 @@ class GroupedExperts(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # grouped_mm is not autocast-aware: run it in the autocast dtype ourselves.
             x_SD = x_SD.to(torch.get_autocast_dtype(device_type))
-        if self.impl == "grouped_mm" and mkl_grouped.supported(x_SD, self.gate_up_proj):
-            return self._forward_mkl(x_SD, tokens_per_expert_E)
         if self.impl == "grouped_mm" and grouped_mm_supported(
             x_SD, self.dim, 2 * self.hidden, self.hidden
         ):
@@ -75,11 +67,6 @@ class GroupedExperts(nn.Module):
         h_SF = (F.silu(gate) * up).contiguous()
         w_down = self.down_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, F, D)
         return _grouped_mm(h_SF, w_down, offs=offsets)
-
-    def _forward_mkl(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        counts = np.asarray(counts_E.tolist(), dtype=np.int64)
-        gate, up = mkl_grouped.grouped_linear(x_SD, self.gate_up_proj, counts).chunk(2, dim=-1)
-        return mkl_grouped.grouped_linear(F.silu(gate) * up, self.down_proj, counts)
 
     def forward_gathered(self, x_TD: torch.Tensor, expert_ids_TK: torch.Tensor) -> torch.Tensor:
         """Each token through each of its K experts, unsorted: returns (T, K, D) expert outputs."""
