@@ -5,7 +5,11 @@ transformers loads that directory) and the same prompts (equal lengths, so trans
 no padding), greedy, no stop token. Reported per batch size:
 
 * prefill tokens/s: prompt tokens / time to the first generated token;
-* decode tokens/s: generated tokens after the first / the time they took.
+* decode tokens/s: generated tokens after the first / the time they took;
+* prefill GFLOP/s (``prefill_flops``: the forward's matmul FLOPs) as a share of this machine's
+  measured 1024³ matmul rate on the same threads (``measured_matmul_gflops``), and the share
+  a prefill twice as fast as transformers' would need: a roofline, since the prefill's matmuls
+  are smaller and thinner (128-wide, a few rows per expert) and it also does non-matmul work.
 
 The four timed calls (moelab and transformers, 1 and N new tokens) run round-robin, median of
 --rounds, so background load hits both sides alike; the ratios are the numbers to read. Both
@@ -45,7 +49,7 @@ from pathlib import Path
 import torch
 
 from moelab.checkpoint.hf import save_pretrained
-from moelab.common.device import device_name
+from moelab.common.device import device_name, measured_matmul_gflops
 from moelab.infer.chat import builtin_template
 from moelab.infer.config import ServeConfig, ServeLimits
 from moelab.infer.engine import Engine
@@ -67,6 +71,21 @@ def small_config(preset: str) -> ModelConfig:
     cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.expert_intermediate_size = 32, 4, 256
     cfg.intermediate_size = 256
     return cfg
+
+
+def prefill_flops(cfg: ModelConfig, batch: int, prompt_len: int) -> float:
+    """Forward matmul FLOPs of prefilling ``batch`` prompts of ``prompt_len`` tokens.
+
+    2·N per prompt token for every weight it touches (active experts, router, attention
+    projections; not the input embedding, a lookup), the LM head at each prompt's last token
+    only, and causal attention: the query at position t reads t + 1 keys, 4·H·d FLOPs each
+    (scores and values), per layer.
+    """
+    h, v = cfg.hidden_size, cfg.vocab_size
+    body = cfg.num_active_params() - (v * h if cfg.tie_word_embeddings else 2 * v * h)
+    heads = cfg.attention.num_heads * cfg.head_dim
+    attention = 2 * cfg.num_layers * heads * prompt_len * (prompt_len + 1)
+    return batch * (2 * body * prompt_len + 2 * v * h + attention)
 
 
 def clock(device: str) -> float:
@@ -245,20 +264,34 @@ def bench_preset(preset: str, args, transformers) -> dict:
     hf = hf.to(args.device).eval()
     engine_rows = bench_engine(model, hf, args)
     ref = {r["batch"]: r for r in engine_rows if r["impl"] == "transformers"}
+    peak = measured_matmul_gflops(args.device, DTYPES[args.dtype], seconds=1.0)
     for r in engine_rows:
         r["prefill_vs_hf"] = r["prefill_tok_s"] / ref[r["batch"]]["prefill_tok_s"]
         r["decode_vs_hf"] = r["decode_tok_s"] / ref[r["batch"]]["decode_tok_s"]
+        seconds = r["batch"] * args.prompt_len / r["prefill_tok_s"]
+        r["prefill_gflops"] = prefill_flops(cfg, r["batch"], args.prompt_len) / seconds / 1e9
+        r["prefill_of_matmul_peak"] = r["prefill_gflops"] / peak
+        r["matmul_peak_gflops"] = peak
+    for r in engine_rows:
+        r["prefill_2x_hf_needs_of_peak"] = 2 * ref[r["batch"]]["prefill_gflops"] / peak
     print(
         f"\n{preset} ({cfg.num_params() / 1e6:.1f}M params, {args.dtype}) on {args.device}, "
         f"prompt {args.prompt_len}, {args.new} new tokens, greedy, median of {args.rounds} rounds"
     )
     print(
-        f"{'impl':<14}{'batch':>6}{'prefill tok/s':>15}{'vs HF':>8}{'decode tok/s':>14}{'vs HF':>8}"
+        f"{'impl':<14}{'batch':>6}{'prefill tok/s':>15}{'vs HF':>8}{'GFLOP/s':>9}{'of peak':>9}"
+        f"{'decode tok/s':>14}{'vs HF':>8}"
     )
     for r in engine_rows:
         print(
             f"{r['impl']:<14}{r['batch']:>6}{r['prefill_tok_s']:>15.0f}{r['prefill_vs_hf']:>7.2f}x"
+            f"{r['prefill_gflops']:>9.1f}{r['prefill_of_matmul_peak']:>8.0%}"
             f"{r['decode_tok_s']:>14.1f}{r['decode_vs_hf']:>7.2f}x"
+        )
+    for batch, r in ref.items():
+        print(
+            f"batch {batch}: a prefill 2x transformers' needs {r['prefill_2x_hf_needs_of_peak']:.0%}"
+            f" of the measured matmul peak ({peak:.1f} GFLOP/s)"
         )
     server_rows = []
     if not args.no_server:

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 import moelab
-from moelab.common.device import device_name
+from moelab.common.device import device_name, measured_matmul_gflops
 from moelab.model import ModelConfig, build_model
 from moelab.model.losses import cross_entropy
 from moelab.model.transformer import model_flops_per_token
@@ -68,22 +68,6 @@ def _step_fn(model, x, y, dtype, fused_loss: bool):
         return loss.item()
 
     return step
-
-
-def measured_matmul_gflops(device, dtype, n: int = 1024, seconds: float = 2.0) -> float:
-    """Best GFLOP/s of an n×n×n matmul: what this device's BLAS reaches on these threads."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 def bench(
