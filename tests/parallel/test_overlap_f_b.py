@@ -2,7 +2,8 @@
 forward and backward at the same time, on 4 gloo ranks (PP=2 × EP=2).
 
 Equivalence: every gradient of one DualPipeV step equals the runtime's default (the pair one
-after the other) and the single-process model within 1e-6; 3 trainer steps give the single
+after the other) and the single-process model within 1e-6, also with ``ep_overlap_chunks=2``
+(each layer's pieces pipelined inside both threads); 3 trainer steps give the single
 process's losses, gradient norms, loads and weights within 1e-6. Probe: in each overlapped
 action, the backward's expert backward has begun and not finished when the forward issues an
 all-to-all. Each side waits for the other there (forward: for the backward to reach its experts;
@@ -115,7 +116,7 @@ class _Probe:
             self.times["b_end"] = time.perf_counter()
 
 
-def _runner(meshes, backward_group, x_shape):
+def _runner(meshes, backward_group, chunks=1):
     from moelab.parallel.expert import apply_expert_parallel
     from moelab.parallel.pipeline_runner import PipelineRunner
 
@@ -132,7 +133,9 @@ def _runner(meshes, backward_group, x_shape):
         part_names=[],
         overlap_f_b=backward_group is not None,
     )
-    apply_expert_parallel(model, mesh=meshes["ep"], backward_group=backward_group)
+    apply_expert_parallel(
+        model, mesh=meshes["ep"], overlap_chunks=chunks, backward_group=backward_group
+    )
     return model, runner
 
 
@@ -191,12 +194,13 @@ def _pipeline_worker(rank, world):
         if name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
             g = g[ep_rank * el : (ep_rank + 1) * el]
         want[name] = g
-    default = _grads(*_runner(meshes, None, x.shape), local)
-    overlapped = _grads(*_runner(meshes, backward_group, x.shape), local)
+    default = _grads(*_runner(meshes, None), local)
+    overlapped = _grads(*_runner(meshes, backward_group), local)
+    composed = _grads(*_runner(meshes, backward_group, chunks=2), local)
     probe = _Probe(timeout=30.0)
-    probed = _grads(*_runner(meshes, backward_group, x.shape), local, probe)
+    probed = _grads(*_runner(meshes, backward_group), local, probe)
     control = _Probe(timeout=0.3)
-    _grads(*_runner(meshes, backward_group, x.shape), local, control)
+    _grads(*_runner(meshes, backward_group), local, control)
     worst = {"default": 0.0, "one process": 0.0}
     assert set(overlapped) == set(default) and len(default) > 0
     for name, g in overlapped.items():
@@ -204,6 +208,7 @@ def _pipeline_worker(rank, world):
             torch.testing.assert_close(g, grads[name], atol=1e-6, rtol=0, msg=f"{against} {name}")
             worst[against] = max(worst[against], (g - grads[name]).abs().max().item())
         torch.testing.assert_close(probed[name], g, atol=1e-6, rtol=0)
+        torch.testing.assert_close(composed[name], g, atol=1e-6, rtol=0, msg=f"chunks=2 {name}")
     assert len(probe.records) == len(control.records) > 0, (probe.records, control.records)
     assert all(r == (True, True) for r in probe.records), probe.records
     assert not any(waited for waited, _ in control.records), control.records

@@ -17,13 +17,17 @@ the receives it posted before, as the runtime does.
 
 Why threads and not phases interleaved by hand (DeepSeek's DualPipe, torchtitan's barrier
 hooks): the stage code stays the runtime's own ``forward_one_chunk`` / ``backward_one_chunk``,
-so FSDP, activation checkpointing, the aux-loss attach and the loss bookkeeping need no second
+so FSDP, ``ep_overlap_chunks``, the aux-loss attach and the loss bookkeeping need no second
 code path; correctness needs only that the two threads share no collective group.
 
 Run one after the other instead (as the default) when the backward is its stage's last (FSDP's
 gradient reduce-scatter and reshard run then, on the data-parallel group the forward may use)
 or the forward is its stage's first (lazy init, first all-gather). DualPipeV's steady state,
 where the overlapped actions live, has neither except at its edges.
+
+Not usable with activation checkpointing yet, for a reason outside this file: DualPipeV with
+checkpointed blocks fails with or without the overlap (the weight pass recomputes the block a
+second time; ``docs/distributed.md``).
 
 ``sub_action_role`` says which sub-action the current thread runs ("F", "B" or None), for
 probes (``tests/parallel/test_overlap_f_b.py``).
