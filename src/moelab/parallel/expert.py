@@ -29,6 +29,10 @@ restarts from the expert GEMMs, see nothing new), and activation checkpointing w
 nested backward is a separate graph task, and non-reentrant checkpointing recomputes per graph
 task, so it tried to recompute the block a second time inside it and failed.
 
+Collectives go on ``EPGroups.current()``: the EP group, or, inside an autograd backward, a
+second group over the same ranks when one is given (``parallel.pp_overlap_f_b`` runs one micro
+batch's forward and another's backward at the same time, ``parallel.overlap_f_b``).
+
 The sliced expert weights stay plain local tensors (the grouped GEMM sees them unchanged);
 each is tagged with ``common.sharding.LOCAL_SHARD_ATTR`` = the ep mesh, so gradient reduction,
 clipping and DCP (which presents them as DTensors ``Shard(0)`` over the ``ep`` mesh) find them.
