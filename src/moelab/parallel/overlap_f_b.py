@@ -38,6 +38,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch.distributed.pipelining.schedules import (
@@ -50,19 +51,46 @@ _ROLE = threading.local()
 
 
 def sub_action_role() -> str | None:
-    """ "F" in the forward sub-action of an OVERLAP_F_B, "B" in its backward, else None."""
+    """The sub-action this thread runs: "F" (an OVERLAP_F_B's forward), "B" (its backward), None."""
     return getattr(_ROLE, "value", None)
 
 
+@dataclass(frozen=True)
+class _CallerState:
+    """What is thread-local but must hold in both threads: autocast, grad mode, and on an
+    accelerator the current device and stream (a new thread starts on device 0)."""
+
+    device: torch.device
+    autocast: tuple[bool, torch.dtype]
+    grad: bool
+    stream: object | None
+
+    @classmethod
+    def capture(cls, device: torch.device) -> _CallerState:
+        t = device.type
+        stream = torch.accelerator.current_stream(device) if t != "cpu" else None
+        return cls(
+            device,
+            (torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)),
+            torch.is_grad_enabled(),
+            stream,
+        )
+
+
 @contextmanager
-def _as(role: str, device_type: str, autocast: tuple[bool, torch.dtype], grad: bool):
-    """Run as ``role`` with the caller's autocast and grad mode (both are thread-local)."""
+def _as(role: str, state: _CallerState):
+    """Run as ``role`` under the caller's thread-local state."""
     previous = sub_action_role()
     _ROLE.value = role
+    if state.stream is not None:  # not exercised on CPU: written for GPU, untested there
+        if state.device.index is not None:
+            torch.accelerator.set_device_index(state.device.index)
+        torch.accelerator.set_stream(state.stream)
     try:
+        enabled, dtype = state.autocast
         with (
-            torch.autocast(device_type, dtype=autocast[1], enabled=autocast[0]),
-            torch.set_grad_enabled(grad),
+            torch.autocast(state.device.type, dtype=dtype, enabled=enabled),
+            torch.set_grad_enabled(state.grad),
         ):
             yield
     finally:
@@ -108,22 +136,17 @@ def _run(action: _Action, ctx: _PipelineContext, concurrent: bool) -> None:
     sched._assert_unsharded(b_stage)
     sched.backward_counter[b_idx] += 1
     last_backward = sched.backward_counter[b_idx] == sched._n_microbatches
-    device_type = f_stage.device.type
-    state = (
-        device_type,
-        (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)),
-        torch.is_grad_enabled(),
-    )
+    state = _CallerState.capture(f_stage.device)
 
     def forward() -> None:
-        with _as("F", *state):
+        with _as("F", state):
             output = f_stage.forward_one_chunk(f_mb, ctx.arg_mbs[f_mb], ctx.kwarg_mbs[f_mb])
             sched._maybe_compute_loss(f_stage, output, ctx.target_mbs, f_mb)
         if f_idx + 1 in stages:  # the V's turn: the next stage is on this rank
             stages[f_idx + 1].set_local_fwd_input(output, f_mb)
 
     def backward() -> None:
-        with _as("B", *state):
+        with _as("B", state):
             loss = sched._maybe_get_loss(b_stage, b_mb)
             b_stage.backward_one_chunk(
                 b_mb, loss=loss, full_backward=True, last_backward=last_backward
