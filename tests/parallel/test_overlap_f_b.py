@@ -54,10 +54,11 @@ def _model_cfg():
 
 class _Probe:
     """Per OVERLAP_F_B action: did the forward issue an all-to-all while the backward was inside
-    its expert backward? Each side waits (up to ``timeout``) for the other at that point."""
+    its expert backward? Each side waits (up to ``timeout``) for the other at that point.
+    ``concurrent``: run the actions with moelab's function as configured, else its control."""
 
-    def __init__(self, timeout: float):
-        self.timeout, self.records = timeout, []
+    def __init__(self, concurrent: bool, timeout: float):
+        self.concurrent, self.timeout, self.records = concurrent, timeout, []
         self.b_started, self.f_issued = threading.Event(), threading.Event()
         self.f_waited = self.b_waited = False
         self.times: dict[str, float] = {}
@@ -150,9 +151,8 @@ def _grads(model, runner, x, probe=None):
             if isinstance(mod, GroupedExperts):
                 mod.register_full_backward_pre_hook(probe.expert_backward_begins)
                 mod.register_full_backward_hook(probe.expert_backward_ends)
-        concurrent = probe.timeout > 1
         sched.register_custom_function(
-            _ComputationType.OVERLAP_F_B, probe.action(make_overlap_f_b(concurrent))
+            _ComputationType.OVERLAP_F_B, probe.action(make_overlap_f_b(probe.concurrent))
         )
         dist.all_to_all_single = probe.all_to_all  # the dispatcher calls it through the module
     try:
@@ -164,12 +164,12 @@ def _grads(model, runner, x, probe=None):
     for name, p in model.named_parameters():
         g = p.grad.clone()
         if not name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
-            dist.all_reduce(g, group=runner_ep_group(model))
+            dist.all_reduce(g, group=_ep_group(model))
         out[name] = g
     return out
 
 
-def runner_ep_group(model):
+def _ep_group(model):
     return next(m.dispatcher.group for m in model.modules() if hasattr(m, "dispatcher"))
 
 
@@ -197,9 +197,9 @@ def _pipeline_worker(rank, world):
     default = _grads(*_runner(meshes, None), local)
     overlapped = _grads(*_runner(meshes, backward_group), local)
     composed = _grads(*_runner(meshes, backward_group, chunks=2), local)
-    probe = _Probe(timeout=30.0)
+    probe = _Probe(concurrent=True, timeout=30.0)  # waits only as long as the other side needs
     probed = _grads(*_runner(meshes, backward_group), local, probe)
-    control = _Probe(timeout=0.3)
+    control = _Probe(concurrent=False, timeout=0.3)  # always times out: F runs before B
     _grads(*_runner(meshes, backward_group), local, control)
     worst = {"default": 0.0, "one process": 0.0}
     assert set(overlapped) == set(default) and len(default) > 0
