@@ -2,7 +2,9 @@
 
 Every layout trains the same model on the same global batch: one process (the reference),
 FSDP2 on 2 ranks, EP=2 (+FSDP 2), the same with the all-to-all overlapped in 4 chunks
-(``parallel.ep_overlap_chunks=4``) and PP=2 (1F1B). Each run is ``moelab train`` (under torchrun
+(``parallel.ep_overlap_chunks=4``), PP=2 (1F1B), and on 4 ranks PP=2 DualPipeV × EP=2 × FSDP 2
+with and without ``parallel.pp_overlap_f_b`` (its forward/backward pairs at the same time).
+Each run is ``moelab train`` (under torchrun
 for the distributed ones) with the same YAML; step time is the median of ``tokens /
 tokens_per_s`` from metrics.jsonl after the warm-up steps. Layouts run round-robin, ``--rounds``
 times, so background load hits them alike; the report gives each median and its ratio to the
@@ -47,12 +49,18 @@ from moelab.tokens.shards import ShardWriter, write_meta
 from moelab.train.config import TrainConfig
 
 VOCAB = 256
+_PP_EP = ["parallel.pp=2", "parallel.ep=2", "parallel.pp_schedule=DualPipeV"]
+_PP_EP += ["batch.micro_batch_size=2"]
 LAYOUTS = {
     "single": (1, []),
     "fsdp2": (2, []),
     "ep2": (2, ["parallel.ep=2"]),
     "ep2_overlap4": (2, ["parallel.ep=2", "parallel.ep_overlap_chunks=4"]),
     "pp2_1f1b": (2, ["parallel.pp=2", "parallel.pp_schedule=1F1B"]),
+    # 4 ranks: PP=2 DualPipeV (4 micro batches of 2 per replica) × EP=2 × FSDP 2, with its
+    # OVERLAP_F_B pairs run one after the other (the runtime's default) or at the same time.
+    "pp2ep2_dualpipev": (4, [*_PP_EP, "parallel.pp_overlap_f_b=false"]),
+    "pp2ep2_dualpipev_overlap_f_b": (4, [*_PP_EP, "parallel.pp_overlap_f_b=true"]),
 }
 DOTS_TOKENS_PER_RANK = 8192
 """Tokens one EP rank routes per micro batch for the dots.llm1 estimate (one 8K sequence)."""
@@ -108,6 +116,8 @@ def comm_bytes_per_step(cfg: TrainConfig, layout: str) -> dict[str, float]:
     """Bytes one rank sends per optimizer step (fp32), from the config."""
     m, b = cfg.model, cfg.batch
     params = _num_params(m)
+    if layout.startswith("pp2ep2"):
+        return _pp_ep_comm(cfg, params)
     tokens_rank = b.global_batch_size * b.seq_len / (1 if layout.startswith("pp") else 2)
     micro_steps = b.global_batch_size // b.micro_batch_size // (1 if layout.startswith("pp") else 2)
     out = {}
@@ -120,6 +130,22 @@ def comm_bytes_per_step(cfg: TrainConfig, layout: str) -> dict[str, float]:
     if layout.startswith("pp"):
         out["p2p"] = 2 * b.global_batch_size * b.seq_len * m.hidden_size * 4 / 2
     return out
+
+
+def _pp_ep_comm(cfg: TrainConfig, params: int) -> dict[str, float]:
+    """PP=2 × EP=2 × FSDP 2 on 4 ranks: a rank holds half the layers (2 of the V's 4 stages),
+    routes its replica's tokens (half the batch) through them, and sends one stage boundary's
+    activations forward and their gradient back (the V's turn stays on one rank). FSDP inside
+    a zero-bubble schedule gathers once per step (kept unsharded) and reduce-scatters once."""
+    m, b = cfg.model, cfg.batch
+    tokens_rank = b.global_batch_size * b.seq_len / 2
+    experts = m.num_moe_layers * m.moe.num_experts * 3 * m.moe.expert_intermediate_size
+    dense_rank = (params - experts * m.hidden_size) / 2
+    return {
+        "fsdp": 2 * dense_rank * 4 * (1 / 2),
+        "all_to_all": 4 * m.num_moe_layers / 2 * tokens_rank * m.moe.top_k * m.hidden_size * 4 / 2,
+        "p2p": 2 * tokens_rank * m.hidden_size * 4,
+    }
 
 
 def _num_params(m: ModelConfig) -> int:

@@ -32,6 +32,12 @@ class ParallelDims(Config):
     """A ``torch.distributed.pipelining`` schedule by name: 1F1B, GPipe, Interleaved1F1B, ..."""
     pp_stages_per_rank: int = 2
     """Stages per rank for multi-stage schedules (Interleaved1F1B, LoopedBFS); 1F1B/GPipe use 1."""
+    pp_overlap_f_b: bool = False
+    """Run each overlapped forward/backward pair of the schedule (DualPipeV's OVERLAP_F_B: one
+    micro batch's forward, another's backward) at the same time, in two threads, so the MoE
+    all-to-alls of one hide under the other's compute (dots.llm1's schedule-level overlap).
+    The backward's all-to-alls get a second EP group. Needs pp > 1, ep > 1 and a schedule that
+    emits OVERLAP_F_B (DualPipeV); off = the runtime runs the pair one after the other."""
     activation_checkpoint: Literal["none", "full", "selective"] = "none"
     """Recompute blocks in the backward: none, every block (full), or every ``ac_every``-th."""
     ac_every: int = 2
@@ -59,10 +65,39 @@ class ParallelDims(Config):
                 raise ConfigError(
                     f"{path}.pp_schedule" if path else "pp_schedule", str(err)
                 ) from None
+        if self.pp_overlap_f_b:
+            self._validate_overlap_f_b(path)
+        if self.pp > 1 and self.activation_checkpoint != "none":
+            from moelab.parallel.pipeline import splits_backward
+
+            if splits_backward(self.pp_schedule):
+                raise ConfigError(
+                    f"{path}.activation_checkpoint" if path else "activation_checkpoint",
+                    f"not supported with {self.pp_schedule}: its separate weight-gradient pass "
+                    "recomputes the checkpointed blocks a second time, which torch's checkpoint "
+                    "fails on; use a schedule without split backward (1F1B, Interleaved1F1B)",
+                )
         if self.dp_shard == 0 or self.dp_shard < -1:
             raise ConfigError(
                 f"{path}.dp_shard" if path else "dp_shard",
                 f"must be -1 or >= 1, got {self.dp_shard}",
+            )
+
+    def _validate_overlap_f_b(self, path: str) -> None:
+        from moelab.parallel.pipeline import OVERLAP_F_B_SCHEDULES, emits_overlap_f_b
+
+        name = f"{path}.pp_overlap_f_b" if path else "pp_overlap_f_b"
+        if self.pp < 2 or self.ep < 2:
+            raise ConfigError(
+                name,
+                f"overlaps MoE all-to-alls across pipeline micro batches: needs pp > 1 and "
+                f"ep > 1, got pp={self.pp}, ep={self.ep}",
+            )
+        if not emits_overlap_f_b(self.pp_schedule):
+            raise ConfigError(
+                name,
+                f"schedule {self.pp_schedule} emits no OVERLAP_F_B actions (forward/backward "
+                f"pairs to overlap); use pp_schedule in {sorted(OVERLAP_F_B_SCHEDULES)}",
             )
 
     def resolve(self, world_size: int, num_experts: int | None = None) -> ParallelDims:

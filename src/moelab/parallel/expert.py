@@ -29,6 +29,10 @@ restarts from the expert GEMMs, see nothing new), and activation checkpointing w
 nested backward is a separate graph task, and non-reentrant checkpointing recomputes per graph
 task, so it tried to recompute the block a second time inside it and failed.
 
+Collectives go on ``EPGroups.current()``: the EP group, or, inside an autograd backward, a
+second group over the same ranks when one is given (``parallel.pp_overlap_f_b`` runs one micro
+batch's forward and another's backward at the same time, ``parallel.overlap_f_b``).
+
 The sliced expert weights stay plain local tensors (the grouped GEMM sees them unchanged);
 each is tagged with ``common.sharding.LOCAL_SHARD_ATTR`` = the ep mesh, so gradient reduction,
 clipping and DCP (which presents them as DTensors ``Shard(0)`` over the ``ep`` mesh) find them.
@@ -73,9 +77,32 @@ def _a2a_async(x: torch.Tensor, out_splits: list[int], in_splits: list[int], gro
     return fc.all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group)
 
 
-def _a2a(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
-    out = _a2a_async(x, out_splits, in_splits, group)
-    return fc.wait_tensor(out) if hasattr(fc, "wait_tensor") else out
+def _a2a(x: torch.Tensor, out_splits: list[int], in_splits: list[int], groups) -> torch.Tensor:
+    """A blocking differentiable all-to-all whose backward runs on ``groups.current()``."""
+    return _wait(_start(x, out_splits, in_splits, groups))
+
+
+@dataclass(frozen=True)
+class EPGroups:
+    """The expert-parallel group, and optionally a second one (same ranks) for the backward.
+
+    With ``parallel.pp_overlap_f_b`` one micro batch's forward and another's backward run at the
+    same time in two threads (``overlap_f_b``); every collective of the backward then goes on
+    ``backward`` so the two threads never issue collectives on one group in an order that could
+    differ between ranks. Each group still sees its collectives in schedule order on every rank:
+    forwards (and backwards) never run concurrently with each other.
+    """
+
+    forward: dist.ProcessGroup
+    backward: dist.ProcessGroup | None = None
+
+    def current(self) -> dist.ProcessGroup:
+        """``backward`` inside an autograd backward (also for a checkpointed block's recompute,
+        which runs inside it), else ``forward``. The graph-task id is set on whichever thread
+        runs the backward's nodes, so this also holds on GPU's autograd device threads."""
+        if self.backward is not None and torch._C._current_graph_task_id() != -1:
+            return self.backward
+        return self.forward
 
 
 def _sort_by_expert(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, num_experts: int):
@@ -107,8 +134,10 @@ class AllToAllDispatcher:
         group: dist.ProcessGroup,
         chunks: int = 1,
         overlap_backward: bool = True,
+        backward_group: dist.ProcessGroup | None = None,
     ):
         self.group = group
+        self.groups = EPGroups(group, backward_group)
         self.ep = dist.get_world_size(group)
         if num_experts % self.ep:
             raise ValueError(
@@ -125,7 +154,7 @@ class AllToAllDispatcher:
         C = counts_CE.shape[0]
         send = counts_CE.view(C, self.ep, self.local_experts).transpose(0, 1).contiguous()
         recv = torch.empty_like(send)  # block r of send (C·El counts) goes to rank r
-        dist.all_to_all_single(recv, send, group=self.group)
+        dist.all_to_all_single(recv, send, group=self.groups.current())
         return send.transpose(0, 1), recv.transpose(0, 1)
 
     def dispatch(self, x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor):
@@ -134,7 +163,7 @@ class AllToAllDispatcher:
         send_mat, recv_mat = (m[0] for m in self._exchange_counts(counts_E.unsqueeze(0)))
         send_splits = send_mat.sum(1).tolist()
         recv_splits = recv_mat.sum(1).tolist()
-        x_recv = _a2a(x_sorted, recv_splits, send_splits, self.group)
+        x_recv = _a2a(x_sorted, recv_splits, send_splits, self.groups)
         regroup = _source_to_expert_order(recv_mat).to(x_recv.device)
         x_local = x_recv.index_select(0, regroup)
         state = A2AState(
@@ -151,7 +180,7 @@ class AllToAllDispatcher:
 
     def combine(self, y_RD: torch.Tensor, state: A2AState) -> torch.Tensor:
         y_recv = y_RD.index_select(0, state.regroup_back_R.to(y_RD.device))
-        y_sorted = _a2a(y_recv, state.send_splits, state.recv_splits, self.group)
+        y_sorted = _a2a(y_recv, state.send_splits, state.recv_splits, self.groups)
         return _combine_local(y_sorted, state.inverse_S, state.weights_TK, state.out_dtype)
 
     def run(
@@ -179,6 +208,8 @@ class AllToAllDispatcher:
         xs = [s[0] for s in sorts]
         if self.overlap_backward:
             ys = _pipelined(plan, experts, xs)
+        elif self.groups.backward is not None:
+            raise ValueError("overlap_backward=False (funcol's all-to-all) has no backward group")
         else:
             ys = _forward_pipelined(plan, experts, xs)
         out = [
@@ -193,7 +224,7 @@ class AllToAllDispatcher:
         send_splits, recv_splits = send.sum(-1).tolist(), recv.sum(-1).tolist()  # one host sync
         regroup = [_source_to_expert_order(r).to(device) for r in recv]
         return _Plan(
-            self.group,
+            self.groups,
             send_splits,
             recv_splits,
             regroup,
@@ -206,7 +237,7 @@ class AllToAllDispatcher:
 class _Plan:
     """What every piece's transfers and expert call need; fixed by the routing up front."""
 
-    group: dist.ProcessGroup
+    groups: EPGroups
     send_splits: list[list[int]]
     """Rows piece c sends to each EP rank (and receives back in the combine)."""
     recv_splits: list[list[int]]
@@ -226,22 +257,24 @@ def _forward_pipelined(plan: _Plan, experts, xs: list[torch.Tensor]) -> list[tor
     """Forward-only pipeline on autograd all-to-alls (no grad needed, or ``overlap_backward``
     off): the backward, if any, runs each piece's reverse all-to-all blocking, in turn."""
     arriving = [  # every piece's transfer starts now; each is awaited where it is used
-        _a2a_async(x, plan.recv_splits[c], plan.send_splits[c], plan.group)
+        _a2a_async(x, plan.recv_splits[c], plan.send_splits[c], plan.groups.forward)
         for c, x in enumerate(xs)
     ]
     returning = []
     for c in range(len(plan)):
         y_RD = experts(arriving[c].index_select(0, plan.regroup[c]), plan.counts[c])
         y_back = y_RD.index_select(0, plan.regroup_back[c])
-        returning.append(_a2a_async(y_back, plan.send_splits[c], plan.recv_splits[c], plan.group))
+        returning.append(
+            _a2a_async(y_back, plan.send_splits[c], plan.recv_splits[c], plan.groups.forward)
+        )
     return returning
 
 
 class _InFlight:
     """One all-to-all in flight: started by one autograd node, awaited by another."""
 
-    def __init__(self, group: dist.ProcessGroup, out_splits: list[int], in_splits: list[int]):
-        self.group, self.out_splits, self.in_splits = group, out_splits, in_splits
+    def __init__(self, groups: EPGroups, out_splits: list[int], in_splits: list[int]):
+        self.groups, self.out_splits, self.in_splits = groups, out_splits, in_splits
         self.recv: torch.Tensor | None = None
         self.work = None
         self.send: torch.Tensor | None = None
@@ -254,7 +287,7 @@ class _InFlight:
         self.send = x.contiguous()  # kept alive until the transfer is done
         self.recv = x.new_empty((sum(out_splits), *x.shape[1:]))
         self.work = dist.all_to_all_single(
-            self.recv, self.send, out_splits, in_splits, group=self.group, async_op=True
+            self.recv, self.send, out_splits, in_splits, group=self.groups.current(), async_op=True
         )
         return self.recv
 
@@ -296,8 +329,8 @@ class _WaitAllToAll(torch.autograd.Function):
         return grad, None
 
 
-def _start(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group):
-    flight = _InFlight(group, out_splits, in_splits)
+def _start(x: torch.Tensor, out_splits: list[int], in_splits: list[int], groups: EPGroups):
+    flight = _InFlight(groups, out_splits, in_splits)
     return _StartAllToAll.apply(x, flight), flight
 
 
@@ -314,13 +347,13 @@ def _pipelined(plan: _Plan, experts, xs: list[torch.Tensor]) -> list[torch.Tenso
     gradient back without waiting; the start nodes, created first, wait for those at the end.
     """
     arriving = [
-        _start(x, plan.recv_splits[c], plan.send_splits[c], plan.group) for c, x in enumerate(xs)
+        _start(x, plan.recv_splits[c], plan.send_splits[c], plan.groups) for c, x in enumerate(xs)
     ]
     returning = []
     for c in range(len(plan)):
         y_RD = experts(_wait(arriving[c]).index_select(0, plan.regroup[c]), plan.counts[c])
         y_back = y_RD.index_select(0, plan.regroup_back[c])
-        returning.append(_start(y_back, plan.send_splits[c], plan.recv_splits[c], plan.group))
+        returning.append(_start(y_back, plan.send_splits[c], plan.recv_splits[c], plan.groups))
     return [_wait(r) for r in returning]
 
 
@@ -347,13 +380,19 @@ def expert_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def apply_expert_parallel(
-    model: nn.Module, group: dist.ProcessGroup | None = None, mesh=None, overlap_chunks: int = 1
+    model: nn.Module,
+    group: dist.ProcessGroup | None = None,
+    mesh=None,
+    overlap_chunks: int = 1,
+    backward_group: dist.ProcessGroup | None = None,
 ) -> None:
     """Keep this rank's slice of every MoE layer's experts and swap in the all-to-all dispatcher.
 
     Pass either a process ``group`` or a 1-D ``mesh`` (the ``ep`` DeviceMesh); with a mesh the
     parameters remember it, which DCP checkpoints need. ``overlap_chunks`` > 1 pipelines each
-    layer's all-to-all with its expert compute (``AllToAllDispatcher``).
+    layer's all-to-all with its expert compute (``AllToAllDispatcher``). ``backward_group`` (the
+    same ranks as ``group``, a separate communicator) carries the backward's all-to-alls, for
+    ``parallel.pp_overlap_f_b`` (``EPGroups``).
     """
     if mesh is not None:
         group = mesh.get_group()
@@ -364,7 +403,9 @@ def apply_expert_parallel(
         if not isinstance(module, MoELayer):
             continue
         experts = module.experts
-        dispatcher = AllToAllDispatcher(experts.num_experts, group, overlap_chunks)
+        dispatcher = AllToAllDispatcher(
+            experts.num_experts, group, overlap_chunks, backward_group=backward_group
+        )
         lo = ep_rank * dispatcher.local_experts
         hi = lo + dispatcher.local_experts
         with torch.no_grad():

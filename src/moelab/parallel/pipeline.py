@@ -13,7 +13,8 @@ identity whose backward also sends gradient 1 into the share (Megatron's MoEAuxL
 The detached shares are summed for logging.
 
 Schedules are chosen by name (``1F1B``, ``Interleaved1F1B`` as in dots.llm1, ``ZBVZeroBubble``,
-``DualPipeV``, ``GPipe``, ...). Multi-stage schedules place two or more stages per rank: looped
+``DualPipeV``, ``GPipe``, ...); with ``overlap_f_b`` DualPipeV runs each of its overlapped
+forward/backward pairs at the same time (``moelab.parallel.overlap_f_b``). Multi-stage schedules place two or more stages per rank: looped
 (stage s on rank s mod pp) or, for the V schedules, rank r holds stages r and 2·pp−1−r.
 """
 
@@ -24,7 +25,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
-from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
+from torch.distributed.pipelining.schedules import (
+    PipelineScheduleSingle,
+    _ComputationType,
+    get_schedule_class,
+)
 
 from moelab.model.transformer import MoETransformer
 
@@ -190,16 +195,51 @@ def build_schedule(
     device: torch.device,
     n_microbatches: int,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    overlap_f_b: bool = False,
 ):
-    """The schedule object running ``modules`` (FSDP-wrapped stage modules are fine)."""
+    """The schedule object running ``modules`` (FSDP-wrapped stage modules are fine).
+
+    ``overlap_f_b``: run each OVERLAP_F_B action's forward and backward at the same time
+    (``moelab.parallel.overlap_f_b``); only for schedules that emit such actions (DualPipeV).
+    """
     stages = [
         PipelineStage(mod, idx, num_stages, device, group=group)
         for mod, idx in zip(modules, stage_ids, strict=True)
     ]
     cls = get_schedule_class(schedule)
     if issubclass(cls, PipelineScheduleSingle):
-        return cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn)
-    return cls(stages, n_microbatches=n_microbatches, loss_fn=loss_fn)
+        sched = cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn)
+    else:
+        sched = cls(stages, n_microbatches=n_microbatches, loss_fn=loss_fn)
+    if overlap_f_b:
+        _register_overlap_f_b(sched, schedule)
+    return sched
+
+
+OVERLAP_F_B_SCHEDULES = {"DualPipeV"}
+"""Schedules (torch 2.13) that emit OVERLAP_F_B actions: a forward and a backward of two micro
+batches that may run at the same time."""
+
+
+def emits_overlap_f_b(schedule: str) -> bool:
+    return get_schedule_class(schedule) in {get_schedule_class(s) for s in OVERLAP_F_B_SCHEDULES}
+
+
+def _register_overlap_f_b(sched, schedule: str) -> None:
+    from moelab.parallel.overlap_f_b import make_overlap_f_b
+
+    orders = getattr(sched, "pipeline_order", None) or {}
+    found = any(
+        a is not None and a.computation_type == _ComputationType.OVERLAP_F_B
+        for actions in orders.values()
+        for a in actions
+    )
+    if not (hasattr(sched, "register_custom_function") and found):
+        raise ValueError(
+            f"pipeline schedule {schedule} emits no OVERLAP_F_B actions, so overlap_f_b has "
+            f"nothing to overlap; use one of {sorted(OVERLAP_F_B_SCHEDULES)}"
+        )
+    sched.register_custom_function(_ComputationType.OVERLAP_F_B, make_overlap_f_b())
 
 
 def build_pipeline(
@@ -214,6 +254,7 @@ def build_pipeline(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     stages_per_rank: int = 2,
     aux_loss_fn: AuxLossFn | None = None,
+    overlap_f_b: bool = False,
 ):
     """This rank's stage modules and the schedule object that runs them."""
     modules, stage_ids, num_stages = build_stage_modules(
@@ -233,5 +274,6 @@ def build_pipeline(
         device=device,
         n_microbatches=n_microbatches,
         loss_fn=loss_fn,
+        overlap_f_b=overlap_f_b,
     )
     return modules, sched

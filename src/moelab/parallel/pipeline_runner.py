@@ -45,6 +45,7 @@ class PipelineRunner:
         aux_loss_fn: AuxLossFn | None,
         part_names: list[str],
         dp_group: dist.ProcessGroup | None = None,
+        overlap_f_b: bool = False,
     ):
         if model.config.tie_word_embeddings:
             raise ValueError(
@@ -55,6 +56,7 @@ class PipelineRunner:
         self.pp_rank, self.pp_size, self.group, self.device = pp_rank, pp_size, group, device
         self.stages_per_rank, self.aux_loss_fn = stages_per_rank, aux_loss_fn
         self.part_names, self.dp_group = part_names, dp_group
+        self.overlap_f_b = overlap_f_b
         self.dp_size = dist.get_world_size(dp_group) if dp_group is not None else 1
         self.moe_layer_ids = [
             int(name) for name, b in model.layers.items() if isinstance(b.mlp, MoELayer)
@@ -103,6 +105,7 @@ class PipelineRunner:
                 device=self.device,
                 n_microbatches=n_microbatches,
                 loss_fn=_ce,
+                overlap_f_b=self.overlap_f_b,
             )
         return self.modules, self._cache[n_microbatches]
 

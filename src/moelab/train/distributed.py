@@ -138,9 +138,15 @@ def parallelize(
             aux_loss_fn=aux_loss_fn,
             part_names=list(part_names),
             dp_group=ctx.dp_group,
+            overlap_f_b=dims.pp_overlap_f_b,
         )
     if ctx.enabled and dims.ep > 1:  # on the pipeline rank's own layers when pp > 1
-        apply_expert_parallel(model, mesh=ctx.meshes["ep"], overlap_chunks=dims.ep_overlap_chunks)
+        apply_expert_parallel(
+            model,
+            mesh=ctx.meshes["ep"],
+            overlap_chunks=dims.ep_overlap_chunks,
+            backward_group=_backward_ep_group(ctx) if dims.pp_overlap_f_b else None,
+        )
     apply_activation_checkpointing(model, dims.activation_checkpoint, dims.ac_every)
     if ctx.pipeline is not None:
         if ctx.dp_size > 1:
@@ -153,6 +159,15 @@ def parallelize(
         apply_fsdp(
             model, ctx.fsdp_mesh, param_dtype=param_dtype, ignored_params=set(expert_params(model))
         )
+
+
+def _backward_ep_group(ctx: DistContext) -> dist.ProcessGroup:
+    """A second communicator over this rank's EP ranks, for the backward's all-to-alls while a
+    forward runs at the same time (``parallel.pp_overlap_f_b``). Every rank creates every EP
+    group, in the same order (``ep`` is the mesh's last dimension)."""
+    rows = ctx.meshes["world"].mesh.reshape(-1, ctx.dims.ep).tolist()
+    group, _ = dist.new_subgroups_by_enumeration(rows)
+    return group
 
 
 def shard_model(model: torch.nn.Module, ctx: DistContext, param_dtype=None, **pipeline_kw) -> None:
