@@ -97,7 +97,8 @@ def _train_worker(rank, world, cfg_paths):
 @pytest.mark.slow
 def test_trainer_with_checkpointing_and_zero_bubble_schedules_matches(tmp_path):
     """PP=2, 4 micro batches of 2: ZBVZeroBubble and DualPipeV with activation_checkpoint=full,
-    3 optimizer steps, against one process and against the schedule without checkpointing."""
+    3 optimizer steps, against one process and against the schedule without checkpointing;
+    and FSDP 2 without a pipeline with checkpointing against one process."""
     from moelab.checkpoint.dcp import consolidate
     from moelab.checkpoint.layout import load_model
     from moelab.train.trainer import train
@@ -109,14 +110,18 @@ def test_trainer_with_checkpointing_and_zero_bubble_schedules_matches(tmp_path):
     over = {**COMMON, **PP_OVER}
     train(tiny_config(tmp_path / "single", shards, max_steps=3, **over), log=lambda *_: None)
     runs = {
-        "zbv_ac": ("ZBVZeroBubble", "full"),
-        "dualpipev_ac": ("DualPipeV", "full"),
-        "dualpipev": ("DualPipeV", "none"),
+        "zbv_ac": (2, "ZBVZeroBubble", "full"),
+        "dualpipev_ac": (2, "DualPipeV", "full"),
+        "dualpipev": (2, "DualPipeV", "none"),
+        # No pipeline: FSDP 2 (parameters resharded after the forward; the recompute runs
+        # between FSDP's pre-backward all-gather and its reduce-scatter, as with torchtitan's
+        # checkpoint_wrapper).
+        "fsdp_ac": (1, "1F1B", "full"),
     }
     paths = []
-    for name, (schedule, ac) in runs.items():
+    for name, (pp, schedule, ac) in runs.items():
         layout = {
-            "parallel.pp": 2,
+            "parallel.pp": pp,
             "parallel.pp_schedule": schedule,
             "parallel.activation_checkpoint": ac,
         }
@@ -126,7 +131,7 @@ def test_trainer_with_checkpointing_and_zero_bubble_schedules_matches(tmp_path):
     run_distributed(_train_worker, world_size=2, args=(paths,))
     single = tmp_path / "single" / "run"
     step3 = "step_00000003"
-    for name in ("zbv_ac", "dualpipev_ac"):
+    for name in ("zbv_ac", "dualpipev_ac", "fsdp_ac"):
         run = tmp_path / name / "run"
         _assert_same_run(_records(run), _records(single))
         _assert_same_weights(run / step3, single / step3, tmp_path / f"c_{name}", 1e-6)
