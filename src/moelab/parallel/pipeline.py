@@ -192,7 +192,10 @@ class Stage(PipelineStage):
 
     torch runs that pass as one ``autograd.grad`` per parameter group (about one per weight
     matrix), and non-reentrant checkpointing recomputes once per autograd call: a block was
-    recomputed ~13 times in its weight pass. ``GraphExecGroup`` (torch's API for split
+    recomputed 14 times in its weight pass (tests' 4-block model), and each call's unused
+    recomputed tensors stayed alive until the micro batch's graph was freed
+    (``benchmarks/ac_split_backward.py``: weight pass 10x slower, its peak memory 9x higher).
+    ``GraphExecGroup`` (torch's API for split
     backwards) makes the calls share one recompute; it requires that they use disjoint saved
     tensors, which holds because each parameter group runs only its own nodes (a violation
     fails loudly: "Unpack is being triggered for a tensor that was already unpacked once").
