@@ -233,7 +233,8 @@ def _train_worker(rank, world, cfg_paths):
 def test_trainer_with_overlapped_pairs_matches_default_and_single_process(tmp_path):
     """PP=2 (DualPipeV, 4 micro batches per replica) × EP=2 × FSDP 2 inside each stage: 3
     optimizer steps with ``pp_overlap_f_b`` give the losses, gradient norms, expert loads and
-    weights (consolidated from DCP) of the runtime's default and of one process within 1e-6."""
+    weights (consolidated from DCP) of the runtime's default and of one process within 1e-6;
+    with ``activation_checkpoint=full`` as well, those of the run without it exactly."""
     from moelab.checkpoint.dcp import consolidate
     from moelab.checkpoint.layout import load_model
     from moelab.train.trainer import train
@@ -251,14 +252,15 @@ def test_trainer_with_overlapped_pairs_matches_default_and_single_process(tmp_pa
     train(tiny_config(tmp_path / "single", shards, max_steps=3, **over), log=lambda *_: None)
     layout = {"parallel.pp": 2, "parallel.ep": 2, "parallel.pp_schedule": "DualPipeV"}
     paths = []
-    for name, on in (("default", False), ("overlap", True)):
+    runs = (("default", False, "none"), ("overlap", True, "none"), ("overlap_ac", True, "full"))
+    for name, on, ac in runs:
         cfg = tiny_config(
             tmp_path / name,
             shards,
             max_steps=3,
             **over,
             **layout,
-            **{"parallel.pp_overlap_f_b": on},
+            **{"parallel.pp_overlap_f_b": on, "parallel.activation_checkpoint": ac},
         )
         cfg.to_yaml(tmp_path / f"{name}.yaml")
         paths.append(str(tmp_path / f"{name}.yaml"))
@@ -276,3 +278,11 @@ def test_trainer_with_overlapped_pairs_matches_default_and_single_process(tmp_pa
     worst = max((got[name] - t).abs().max().item() for name, t in want.items())
     print(f"overlap vs default: max |param diff| {worst:.2e}")
     assert set(got) == set(want) and worst <= 1e-6
+    # With activation checkpointing (recomputed blocks re-issue their forward all-to-alls from
+    # inside the backward, on the backward's group): the same run as without, exactly.
+    ac = tmp_path / "overlap_ac" / "run"
+    _assert_same_run(_records(ac), _records(overlap), atol=0.0)
+    with_ac = load_model(consolidate(ac / step3, tmp_path / "c_overlap_ac")).state_dict()
+    worst = max((with_ac[name] - t).abs().max().item() for name, t in got.items())
+    print(f"overlap with vs without checkpointing: max |param diff| {worst:.2e}")
+    assert set(with_ac) == set(got) and worst == 0.0

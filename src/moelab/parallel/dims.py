@@ -39,7 +39,8 @@ class ParallelDims(Config):
     The backward's all-to-alls get a second EP group. Needs pp > 1, ep > 1 and a schedule that
     emits OVERLAP_F_B (DualPipeV); off = the runtime runs the pair one after the other."""
     activation_checkpoint: Literal["none", "full", "selective"] = "none"
-    """Recompute blocks in the backward: none, every block (full), or every ``ac_every``-th."""
+    """Recompute blocks in the backward: none, every block (full), or every ``ac_every``-th.
+    Works with every pipeline schedule, zero-bubble ones included (``parallel.activation``)."""
     ac_every: int = 2
     """selective: checkpoint blocks 0, n, 2n, ... (applies in one process too)."""
 
@@ -67,16 +68,6 @@ class ParallelDims(Config):
                 ) from None
         if self.pp_overlap_f_b:
             self._validate_overlap_f_b(path)
-        if self.pp > 1 and self.activation_checkpoint != "none":
-            from moelab.parallel.pipeline import splits_backward
-
-            if splits_backward(self.pp_schedule):
-                raise ConfigError(
-                    f"{path}.activation_checkpoint" if path else "activation_checkpoint",
-                    f"not supported with {self.pp_schedule}: its separate weight-gradient pass "
-                    "recomputes the checkpointed blocks a second time, which torch's checkpoint "
-                    "fails on; use a schedule without split backward (1F1B, Interleaved1F1B)",
-                )
         if self.dp_shard == 0 or self.dp_shard < -1:
             raise ConfigError(
                 f"{path}.dp_shard" if path else "dp_shard",

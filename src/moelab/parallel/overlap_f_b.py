@@ -25,9 +25,10 @@ gradient reduce-scatter and reshard run then, on the data-parallel group the for
 or the forward is its stage's first (lazy init, first all-gather). DualPipeV's steady state,
 where the overlapped actions live, has neither except at its edges.
 
-Not usable with activation checkpointing yet, for a reason outside this file: DualPipeV with
-checkpointed blocks fails with or without the overlap (the weight pass recomputes the block a
-second time; ``docs/distributed.md``).
+With activation checkpointing: a checkpointed block's recompute runs inside the backward, so
+its forward all-to-alls go on the backward's group like the rest of the backward thread's
+(``EPGroups.current``); the weight passes run outside the pairs (``pipeline.Stage``). Tested:
+3 trainer steps equal the run without checkpointing exactly.
 
 ``sub_action_role`` says which sub-action the current thread runs ("F", "B" or None), for
 probes (``tests/parallel/test_overlap_f_b.py``).
