@@ -80,7 +80,13 @@ class Trainer:
         self.model: MoETransformer = build_model(cfg.model, device=self.device, seed=cfg.seed)
         if cfg.init_from and not (resume and list_checkpoints(self.out_dir)):
             self._init_from(cfg.init_from)
-        shard_model(self.model, self.dist, **stage_losses(cfg))
+        shard_model(
+            self.model,
+            self.dist,
+            compile_mode=cfg.compile.mode,
+            compile_backend=cfg.compile.backend,
+            **stage_losses(cfg),
+        )
         self.optimizer = build_optimizer(
             self.model, cfg.optim, fused=_resolve(cfg.fused_optimizer, not self.dist.enabled)
         )

@@ -1,0 +1,57 @@
+"""torch.compile applied from outside the model: per transformer block (regional) or whole.
+
+``blocks`` (the usual choice, as torchtitan does): each block's ``forward`` is compiled. All
+blocks of one kind share one graph, because parameters are graph inputs
+(``inline_inbuilt_nn_modules``), so compile time is that of one or two blocks (dots.llm1's
+dense first layer is the second kind), not of the model. The embedding, the LM head and the
+loss stay eager.
+``model``: the model's whole ``forward`` (embedding, blocks, final norm, head and fused loss)
+as one compiled frame; one process only.
+
+The forward method is compiled, not ``__call__``: hooks (activation checkpointing's, FSDP's)
+stay outside the compiled region, and no wrapper module is added, so parameter names, state
+dicts and checkpoints are unchanged. Apply after activation checkpointing and before FSDP
+(torchtitan's order); compile last, because a deep copy of a compiled block would still call
+the original's forward.
+
+Graph breaks in one MoE block: none (``torch._dynamo.explain``; tests/parallel/test_compile.py).
+Routing is data-dependent only in values, never in shapes: the sort, the per-expert counts and
+the grouped GEMM all keep S = T·K rows whatever the counts, so routing changes from step to
+step do not recompile. What would break the graph: the per-expert loop experts
+(``model.moe.dispatch=loop``, ``.tolist()`` split sizes; kept eager on purpose), and, in fp32,
+grouped_mm's fake kernel, which accepts bf16 only in torch 2.13 (``model.experts`` routes it
+through the ``moelab::grouped_mm`` custom op while compiling).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+CompileMode = Literal["none", "blocks", "model"]
+COMPILE_MODES = ("none", "blocks", "model")
+
+
+def apply_compile(
+    model: nn.Module, mode: str, backend: str = "inductor", fullgraph: bool = True
+) -> list[str]:
+    """Compile ``model``'s blocks (``blocks``) or its whole forward (``model``) in place.
+
+    Returns the names of what was compiled. ``fullgraph=True`` turns any graph break inside a
+    block into an error instead of a silent slowdown (``model`` mode always allows breaks:
+    the fused loss's backward reads a scalar).
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}; choose one of {COMPILE_MODES}")
+    if mode == "none":
+        return []
+    if mode == "model":
+        model.forward = torch.compile(model.forward, backend=backend)
+        return ["model"]
+    compiled = []
+    for name, block in model.layers.items():
+        block.forward = torch.compile(block.forward, backend=backend, fullgraph=fullgraph)
+        compiled.append(name)
+    return compiled
