@@ -14,7 +14,10 @@ dicts and checkpoints are unchanged. Apply after activation checkpointing and be
 (torchtitan's order); compile last, because a deep copy of a compiled block would still call
 the original's forward.
 
-Graph breaks in one MoE block: none (``torch._dynamo.explain``; tests/parallel/test_compile.py).
+Under expert parallelism, an MoE block is compiled in parts: everything but the all-to-all
+dispatch and the experts (``_regions``).
+
+Graph breaks in one MoE block: none (``torch._dynamo.explain``; tests/train/test_compile.py).
 Routing is data-dependent only in values, never in shapes: the sort, the per-expert counts and
 the grouped GEMM all keep S = T·K rows whatever the counts, so routing changes from step to
 step do not recompile. What would break the graph: the per-expert loop experts
@@ -29,6 +32,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from moelab.model.dispatch import LocalDispatcher
 
 CompileMode = Literal["none", "blocks", "model"]
 COMPILE_MODES = ("none", "blocks", "model")
@@ -52,6 +57,21 @@ def apply_compile(
         return ["model"]
     compiled = []
     for name, block in model.layers.items():
-        block.forward = torch.compile(block.forward, backend=backend, fullgraph=fullgraph)
-        compiled.append(name)
+        for part, module in _regions(block):
+            module.forward = torch.compile(module.forward, backend=backend, fullgraph=fullgraph)
+            compiled.append(f"{name}.{part}" if part else name)
     return compiled
+
+
+def _regions(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """What to compile in one block: the whole block, or, when expert parallelism swapped in
+    its all-to-all dispatcher (async collectives whose split sizes come from the counts, which
+    dynamo cannot trace), every part of the block except the dispatch and the experts
+    (torchtitan leaves the experts out the same way)."""
+    mlp = getattr(block, "mlp", None)
+    if not getattr(block, "is_moe", False) or type(mlp.dispatcher) is LocalDispatcher:
+        return [("", block)]
+    names = ["input_layernorm", "self_attn", "post_attention_layernorm", "mlp.gate"]
+    if mlp.shared_experts is not None:
+        names.append("mlp.shared_experts")
+    return [(n, block.get_submodule(n)) for n in names]

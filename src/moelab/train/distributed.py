@@ -45,6 +45,8 @@ class DistContext:
     meshes: dict | None = None
     pipeline: object | None = None
     """A ``PipelineRunner`` once ``shard_model`` ran with pp > 1."""
+    compiled: list[str] | None = None
+    """What ``compile.mode`` compiled (block names, or block.part under expert parallelism)."""
 
     @property
     def is_rank0(self) -> bool:
@@ -162,7 +164,7 @@ def parallelize(
             backward_group=_backward_ep_group(ctx) if dims.pp_overlap_f_b else None,
         )
     apply_activation_checkpointing(model, dims.activation_checkpoint, dims.ac_every)
-    apply_compile(model, compile_mode, compile_backend)
+    ctx.compiled = apply_compile(model, compile_mode, compile_backend)
     if ctx.pipeline is not None:
         if ctx.dp_size > 1:
             ctx.pipeline.shard(

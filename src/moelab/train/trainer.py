@@ -87,6 +87,8 @@ class Trainer:
             compile_backend=cfg.compile.backend,
             **stage_losses(cfg),
         )
+        if self.dist.compiled and self.dist.is_rank0:
+            self.log(f"torch.compile ({cfg.compile.backend}): {', '.join(self.dist.compiled)}")
         self.optimizer = build_optimizer(
             self.model, cfg.optim, fused=_resolve(cfg.fused_optimizer, not self.dist.enabled)
         )
