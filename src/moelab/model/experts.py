@@ -17,6 +17,12 @@ of tokens. Copying just the selected experts' weights (``index_select``) and run
 batched matrix-vector product per assignment costs one small copy instead. The caller decides
 when (``MoELayer``: no autograd, and only while the copy stays small).
 
+Under torch.compile the grouped path traces with static shapes (S rows in and out whatever the
+counts). grouped_mm's fake kernel accepts bf16 only (torch 2.13), so other dtypes go through
+the ``moelab::grouped_mm`` custom op while compiling: the same kernel, with a fake kernel and
+an autograd formula of our own (aten's two grouped GEMMs, bit-identical gradients). The loop
+splits by ``.tolist()`` counts and stays out of compiled code (``torch.compiler.disable``).
+
 Shapes: S sorted assignments, D hidden, F expert width, E experts.
 """
 

@@ -10,8 +10,8 @@ What is optimized is an ``Objective`` (moelab.train.objective): the batch source
 Pretraining on token shards is the default; SFT and DPO (moelab.posttrain) pass their own, so
 every stage shares this loop. ``init_from`` starts from existing weights with a fresh optimizer.
 
-What this module does not know: how parallelism is applied (moelab.parallel wraps the model
-and reduces counts), or what a checkpoint file looks like (moelab.checkpoint.layout).
+What this module does not know: how parallelism and torch.compile are applied
+(moelab.parallel wraps and compiles the model, and reduces counts), or what a checkpoint file looks like (moelab.checkpoint.layout).
 """
 
 from __future__ import annotations
