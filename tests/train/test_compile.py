@@ -28,8 +28,11 @@ STEPS = 6
 
 
 def _config(tmp, shards, preset: str, **over):
+    model_over = [
+        f"{k[len('model.') :]}={over.pop(k)}" for k in list(over) if k.startswith("model.")
+    ]
     cfg = tiny_config(tmp, shards, max_steps=STEPS, **over)
-    cfg.model = ModelConfig.from_dict({"preset": preset, "vocab_size": VOCAB})
+    cfg.model = ModelConfig.from_dict({"preset": preset, "vocab_size": VOCAB}, model_over)
     if preset == "tiny-olmoe":  # OLMoE's recipe: LB and z losses, no expert bias
         cfg.balance.bias_update_rate, cfg.balance.lb_coef, cfg.balance.z_coef = 0.0, 0.01, 1e-3
     return cfg
@@ -56,18 +59,21 @@ def fresh_dynamo():
 
 
 @pytest.mark.parametrize(
-    "preset, mode, ac, kinds",
+    "preset, mode, extra, kinds",
     [
-        ("tiny-dots", "blocks", "none", 2),  # dense first layer + MoE layers: two graphs
-        ("tiny-olmoe", "blocks", "none", 1),  # four MoE layers share one graph
-        ("tiny-dots", "blocks", "full", 2),  # compiled forward inside checkpoint's hooks
-        ("tiny-olmoe", "model", "none", 1),  # the whole forward with the fused loss
+        ("tiny-dots", "blocks", {}, 2),  # dense first layer + MoE layers: two graphs
+        ("tiny-olmoe", "blocks", {}, 1),  # four MoE layers share one graph
+        ("tiny-dots", "blocks", {"parallel.activation_checkpoint": "full"}, 2),  # inside AC hooks
+        ("tiny-olmoe", "model", {}, 1),  # the whole forward with the fused loss
+        # The per-expert loop breaks the graph around its .tolist() split (fullgraph off for
+        # such blocks): more graphs, the same losses, still no recompiles.
+        ("tiny-olmoe", "blocks", {"model.moe.dispatch": "loop"}, None),
     ],
 )
 def test_compiled_training_equals_eager_without_recompiles(
-    tmp_path, shards, fresh_dynamo, preset, mode, ac, kinds
+    tmp_path, shards, fresh_dynamo, preset, mode, extra, kinds
 ):
-    over = {"parallel.activation_checkpoint": ac}
+    over = dict(extra)
     eager, _, names = _run(_config(tmp_path / "eager", shards, preset, **over))
     assert counters["stats"]["unique_graphs"] == 0
     compiled_over = {**over, "compile.mode": mode, "compile.backend": "aot_eager"}
@@ -80,7 +86,8 @@ def test_compiled_training_equals_eager_without_recompiles(
             assert got.get(key) == want.get(key), (got["step"], key)
     # Compiled at the first step, then reused: the routing changes every step (the load per
     # layer differs), but no shape depends on it, so nothing recompiles.
-    assert graphs == [kinds] * STEPS
+    assert graphs == [kinds or graphs[0]] * STEPS
+    assert graphs[0] >= 1
     loads = {str(r["load_per_layer"]) for r in compiled}
     assert len(loads) == STEPS
 

@@ -45,8 +45,9 @@ def apply_compile(
     """Compile ``model``'s blocks (``blocks``) or its whole forward (``model``) in place.
 
     Returns the names of what was compiled. ``fullgraph=True`` turns any graph break inside a
-    block into an error instead of a silent slowdown (``model`` mode always allows breaks:
-    the fused loss's backward reads a scalar).
+    block into an error instead of a silent slowdown, except in blocks whose experts run the
+    per-expert loop (``model.moe.dispatch=loop``), which break by design. ``model`` mode allows
+    breaks (it traces whole too with grouped experts: one graph, tests/train/test_compile.py).
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode {mode!r}; choose one of {COMPILE_MODES}")
@@ -58,9 +59,15 @@ def apply_compile(
     compiled = []
     for name, block in model.layers.items():
         for part, module in _regions(block):
-            module.forward = torch.compile(module.forward, backend=backend, fullgraph=fullgraph)
+            whole = fullgraph and not _loop_experts(block)
+            module.forward = torch.compile(module.forward, backend=backend, fullgraph=whole)
             compiled.append(f"{name}.{part}" if part else name)
     return compiled
+
+
+def _loop_experts(block: nn.Module) -> bool:
+    """Whether the block's experts split tokens by ``.tolist()`` counts (graph breaks)."""
+    return getattr(block, "is_moe", False) and block.mlp.experts.impl != "grouped_mm"
 
 
 def _regions(block: nn.Module) -> list[tuple[str, nn.Module]]:
