@@ -8,11 +8,13 @@ loss stay eager.
 ``model``: the model's whole ``forward`` (embedding, blocks, final norm, head and fused loss)
 as one compiled frame; one process only.
 
-The forward method is compiled, not ``__call__``: hooks (activation checkpointing's, FSDP's)
-stay outside the compiled region, and no wrapper module is added, so parameter names, state
-dicts and checkpoints are unchanged. Apply after activation checkpointing and before FSDP
-(torchtitan's order); compile last, because a deep copy of a compiled block would still call
-the original's forward.
+The forward method is compiled, not ``__call__``: FSDP's hooks stay outside the compiled
+region, and no wrapper module is added, so parameter names, state dicts and checkpoints are
+unchanged. Apply after activation checkpointing and before FSDP (torchtitan's order). The
+compiled forward is whatever forward checkpointing left: with hooks, compiled code runs inside
+them; with a replaced forward that calls ``torch.utils.checkpoint``, dynamo traces the
+checkpointed region and AOTAutograd recomputes it (torchtitan's compile(AC(block))). Compile
+last: a deep copy of a compiled block would still call the original's forward.
 
 Under expert parallelism, an MoE block is compiled in parts: everything but the all-to-all
 dispatch and the experts (``_regions``).
