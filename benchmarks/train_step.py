@@ -6,8 +6,11 @@ transformers is timed under each experts implementation it registers, with the f
 ``Trainer`` uses by default on torch >= 2.8 (``adamw_torch_fused``); moelab runs what
 ``moelab train`` runs by default in one process: the LM head and loss fused
 (``model(x, labels=y)``), fused AdamW. "moelab unfused loss" is the same step with logits and
-a separate cross-entropy, to show what the fusion buys. Contenders are timed round-robin so
-background load hits them alike; each row is the median step.
+a separate cross-entropy, to show what the fusion buys. "moelab compiled" is moelab's step with
+``compile.mode=blocks`` (each transformer block's forward through ``torch.compile``, inductor
+by default: C++/OpenMP kernels on CPU, Triton on GPU; ``--compile-backend``, ``--compile-mode``);
+its first step, which compiles, is reported as ``compile_s`` and not timed. Contenders are timed
+round-robin so background load hits them alike; each row is the median step.
 
 FLOPs and the ceiling. A step costs ``model_flops_per_token`` × tokens: 6·N_active (every matmul
 weight a token touches, LM head included, forward + backward) plus 6·L·T·H·d for causal
@@ -24,7 +27,8 @@ above 100% no implementation reaches it on this device.
 Usage:
     python -P benchmarks/train_step.py                         # tiny-olmoe and tiny-dots on CPU
     python -P benchmarks/train_step.py --threads 1 --out benchmarks/results/train_step_cpu_1thread.json
-    python -P benchmarks/train_step.py --device cuda --preset olmoe-1b-7b --layers 4 --seq 4096
+    python -P benchmarks/train_step.py --device cuda --presets olmoe-1b-7b --layers 4 --seq 4096 \
+        --dtype bfloat16                                        # GPU: compiled and eager rows
 Writes benchmarks/results/train_step_<device>.json (with the load average before and after).
 """
 
@@ -46,6 +50,7 @@ from moelab.common.device import device_name, measured_matmul_gflops
 from moelab.model import ModelConfig, build_model
 from moelab.model.losses import cross_entropy
 from moelab.model.transformer import model_flops_per_token
+from moelab.parallel.compile import apply_compile
 from moelab.train.metrics import detect_peak_tflops
 
 HF_IMPLS = ("eager", "grouped_mm", "batched_mm")
@@ -80,6 +85,8 @@ def bench(
     min_time: float,
     hf_impls,
     with_unfused: bool = True,
+    compile_mode: str = "blocks",
+    compile_backend: str = "inductor",
 ):
     import transformers
 
@@ -104,7 +111,15 @@ def bench(
     if with_unfused:
         unfused = copy.deepcopy(ours)  # its own weights and optimizer: the same start
         steps["moelab unfused loss"] = _step_fn(unfused, inputs, targets, dtype, False)
-    first_losses = {name: fn() for name, fn in steps.items()}  # warm-up, and same start loss
+    if compile_mode != "none":
+        compiled = copy.deepcopy(ours)  # copied before compiling: a copy would call the original
+        apply_compile(compiled, compile_mode, compile_backend)
+        steps["moelab compiled"] = _step_fn(compiled, inputs, targets, dtype, True)
+    first_losses, first_s = {}, {}
+    for name, fn in steps.items():  # warm-up (compiles), and the same start loss
+        t0 = time.perf_counter()
+        first_losses[name] = fn()
+        first_s[name] = time.perf_counter() - t0
     times = {name: [] for name in steps}
     peaks = []  # the matmul peak, measured each round as well: it sees the same load
     start = time.perf_counter()
@@ -140,6 +155,7 @@ def bench(
                 "of_measured_matmul_peak": tps * flops / 1e9 / matmul_gflops,
                 "matmul_peak_gflops": matmul_gflops,
                 "first_loss": first_losses[name],
+                "compile_s": first_s[name] if name == "moelab compiled" else None,
             }
         )
     by = {r_["impl"]: r_ for r_ in rows}
@@ -171,6 +187,13 @@ def main() -> None:
     p.add_argument("--hf-impls", nargs="*", default=list(HF_IMPLS))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-unfused", action="store_true", help="skip the 'moelab unfused loss' row")
+    p.add_argument(
+        "--compile-mode",
+        default="blocks",
+        choices=["none", "blocks", "model"],
+        help="the 'moelab compiled' row (none: no such row)",
+    )
+    p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.threads:
@@ -191,6 +214,8 @@ def main() -> None:
             args.min_time,
             args.hf_impls,
             with_unfused=not args.no_unfused,
+            compile_mode=args.compile_mode,
+            compile_backend=args.compile_backend,
         )
         results[preset] = rows
         print(f"\nmeasured fp32/bf16 matmul peak here: {rows[0]['matmul_peak_gflops']:.1f} GFLOP/s")
@@ -209,6 +234,12 @@ def main() -> None:
                 f"{r['model_gflops']:8.1f} {r['of_measured_matmul_peak'] * 100:9.1f}% "
                 f"{r['vs_hf_eager'] or 0:10.2f}x {r['vs_hf_fastest'] or 0:12.2f}x {r['first_loss']:8.4f}"
             )
+        for r in rows:
+            if r["compile_s"] is not None:
+                print(
+                    f"{r['impl']}: first step (compiling, {args.compile_mode}, "
+                    f"{args.compile_backend}) {r['compile_s']:.1f} s"
+                )
         if rows[0]["five_x_eager_needs_of_peak"] is not None:
             print(
                 f"5x transformers eager needs {rows[0]['five_x_eager_needs_of_peak'] * 100:.0f}% "
@@ -225,6 +256,7 @@ def main() -> None:
                 "seq": args.seq,
                 "dtype": args.dtype,
                 "threads": torch.get_num_threads(),
+                "compile": {"mode": args.compile_mode, "backend": args.compile_backend},
                 "load_avg_before": load_before,
                 "load_avg_after": os.getloadavg(),
                 "results": results,

@@ -224,3 +224,28 @@ def test_a_rank_killed_mid_run_fails_the_job_fast_and_the_restart_resumes(tmp_pa
     out = _torchrun(cfg_path, "parallel.ep=2", f"max_steps={step + 1}", "--resume", "auto")
     assert f"resumed from {latest} at step {step}" in out
     assert _records(run)[-1]["step"] == step + 1
+
+
+@pytest.mark.parametrize("layout, recompiles", [((), 2), (("parallel.ep=2",), 0)])
+def test_compiled_blocks_under_fsdp_and_expert_parallel_match_single_process(
+    tmp_path, monkeypatch, layout, recompiles
+):
+    """compile.mode=blocks on 2 ranks: each block compiled before fully_shard wraps it (FSDP's
+    hooks outside the compiled code); with EP, MoE blocks compiled in parts around the
+    all-to-all. Same run as the eager single process (aot_eager runs the same kernels), and
+    nothing recompiles after warm-up: TORCH_LOGS=recompiles names each recompile, and the only
+    one is, with FSDP alone, the MoE block after the dense first block (once per rank)."""
+    shards = make_shards(tmp_path / "shards")
+    single = _single(tmp_path, shards)
+    cfg_path, run = _dist_config(
+        tmp_path, shards, "compiled", **{"compile.mode": "blocks", "compile.backend": "aot_eager"}
+    )
+    monkeypatch.setenv("TORCH_LOGS", "recompiles")
+    output = _torchrun(cfg_path, *layout)
+    _assert_same_run(_records(run), _records(single))
+    lines = [line for line in output.splitlines() if "Recompiling function" in line]
+    assert len(lines) == recompiles, lines
+    compiled = (
+        "0, 1.input_layernorm, 1.self_attn" if layout else "torch.compile (aot_eager): 0, 1\n"
+    )
+    assert compiled in output

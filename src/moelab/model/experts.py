@@ -17,6 +17,12 @@ of tokens. Copying just the selected experts' weights (``index_select``) and run
 batched matrix-vector product per assignment costs one small copy instead. The caller decides
 when (``MoELayer``: no autograd, and only while the copy stays small).
 
+Under torch.compile the grouped path traces with static shapes (S rows in and out whatever the
+counts). grouped_mm's fake kernel accepts bf16 only (torch 2.13), so other dtypes go through
+the ``moelab::grouped_mm`` custom op while compiling: the same kernel, with a fake kernel and
+an autograd formula of our own (aten's two grouped GEMMs, bit-identical gradients). The loop
+splits by ``.tolist()`` counts and stays out of compiled code (``torch.compiler.disable``).
+
 Shapes: S sorted assignments, D hidden, F expert width, E experts.
 """
 
@@ -37,6 +43,66 @@ def grouped_mm_supported(x: torch.Tensor, *widths: int) -> bool:
     if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 8:
         return False
     return all((w * x.element_size()) % 16 == 0 for w in widths)
+
+
+def grouped_swiglu(
+    x_SD: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor, counts_E: torch.Tensor
+) -> torch.Tensor:
+    """Every expert's SwiGLU over its contiguous rows of x_SD: two grouped GEMMs.
+
+    The shapes are static (S rows in, S rows out, whatever the counts), so this traces under
+    torch.compile with no graph break (``_compilable_grouped_mm``).
+    """
+    mm = _compilable_grouped_mm if torch.compiler.is_compiling() else _grouped_mm
+    offsets = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
+    w_up = gate_up_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, D, 2F), a view
+    h_S2F = mm(x_SD, w_up, offs=offsets)
+    gate, up = h_S2F.chunk(2, dim=-1)
+    h_SF = (F.silu(gate) * up).contiguous()
+    w_down = down_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, F, D)
+    return mm(h_SF, w_down, offs=offsets)
+
+
+def _compilable_grouped_mm(
+    mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.Tensor
+) -> torch.Tensor:
+    """grouped_mm for torch.compile: bf16 as is (inductor has a lowering); other dtypes
+    through ``moelab::grouped_mm``, because grouped_mm's fake kernel accepts bf16 only
+    (torch 2.13), although the CPU kernel runs fp32."""
+    if mat_a.dtype == torch.bfloat16:
+        return _grouped_mm(mat_a, mat_b, offs=offs)
+    return grouped_mm_op(mat_a, mat_b, offs)
+
+
+@torch.library.custom_op("moelab::grouped_mm", mutates_args=())
+def grouped_mm_op(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """``grouped_mm(mat_a, mat_b, offs=offs)`` as an opaque op: (S, K) × (E, K, N) → (S, N)
+    (groups of rows), or (K, S) × (S, N) → (E, K, N) (groups along S, the weight gradient)."""
+    return _grouped_mm(mat_a, mat_b, offs=offs)
+
+
+@grouped_mm_op.register_fake
+def _(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    if mat_b.dim() == 3:
+        return mat_a.new_empty(mat_a.shape[0], mat_b.shape[-1])
+    return mat_a.new_empty(offs.shape[0], mat_a.shape[0], mat_b.shape[1])
+
+
+def _grouped_mm_setup(ctx, inputs, output) -> None:
+    mat_a, mat_b, offs = inputs
+    ctx.save_for_backward(mat_a, mat_b, offs)
+
+
+def _grouped_mm_backward(ctx, grad_SN: torch.Tensor):
+    """The (S, K) × (E, K, N) case; the same two grouped GEMMs as aten's own backward, so
+    the gradients are bit-identical to eager autograd (tests/model/test_experts.py)."""
+    mat_a, mat_b, offs = ctx.saved_tensors
+    grad_a = grouped_mm_op(grad_SN, mat_b.transpose(-2, -1), offs)
+    grad_b = grouped_mm_op(mat_a.t(), grad_SN, offs)  # (E, K, N)
+    return grad_a, grad_b, None
+
+
+grouped_mm_op.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 class GroupedExperts(nn.Module):
@@ -60,13 +126,7 @@ class GroupedExperts(nn.Module):
         return self._forward_loop(x_SD, tokens_per_expert_E)
 
     def _forward_grouped(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        offsets = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
-        w_up = self.gate_up_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, D, 2F), a view
-        h_S2F = _grouped_mm(x_SD, w_up, offs=offsets)
-        gate, up = h_S2F.chunk(2, dim=-1)
-        h_SF = (F.silu(gate) * up).contiguous()
-        w_down = self.down_proj.to(x_SD.dtype).transpose(-2, -1)  # (E, F, D)
-        return _grouped_mm(h_SF, w_down, offs=offsets)
+        return grouped_swiglu(x_SD, self.gate_up_proj, self.down_proj, counts_E)
 
     def forward_gathered(self, x_TD: torch.Tensor, expert_ids_TK: torch.Tensor) -> torch.Tensor:
         """Each token through each of its K experts, unsorted: returns (T, K, D) expert outputs."""
@@ -88,6 +148,7 @@ class GroupedExperts(nn.Module):
         """Weight elements ``forward_gathered`` copies for this many (token, slot) assignments."""
         return assignments * 3 * self.hidden * self.dim
 
+    @torch.compiler.disable(reason="per-expert split sizes are data-dependent (.tolist())")
     def _forward_loop(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         # Outputs are concatenated, not written into a preallocated tensor: slice assignment
         # makes autograd copy the whole gradient once per expert in the backward pass.

@@ -84,7 +84,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_h.numel() == 0:  # no input needed a gradient
             return None, None, None, None, None, None
         # grad_loss is 1 for a plain backward(); skip a multiply that would round nothing.
-        if grad_loss.ne(1).item():
+        # (Always multiply under torch.compile: x·1 is exact, and .item() would break the graph.)
+        if torch.compiler.is_compiling() or grad_loss.ne(1).item():
             grad_h, grad_w = grad_h * grad_loss, grad_w * grad_loss
         grad_h = grad_h.to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
         grad_w = grad_w.to(ctx.w_dtype) if ctx.needs_input_grad[1] else None

@@ -135,6 +135,30 @@ class CheckpointConfig(Config):
 
 
 @dataclass
+class CompileConfig(Config):
+    mode: Literal["none", "blocks", "model"] = "none"
+    """torch.compile: none (eager); blocks (each transformer block's forward, one graph shared
+    by identical blocks: fast to compile, the usual choice, torchtitan's); model (the whole
+    forward with the LM head and loss; one process only)."""
+    backend: str = "inductor"
+    """A ``torch.compile`` backend: inductor (generates kernels; on CPU it needs a C++
+    compiler), aot_eager / eager (trace only: for tests and debugging)."""
+
+    def validate(self, path: str) -> None:
+        if self.mode == "none":
+            return
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if self.backend not in backends:
+            raise ConfigError(
+                f"{path}.backend",
+                f"{self.backend!r} is not a torch.compile backend; choose one of "
+                f"inductor, aot_eager, eager (all: {backends})",
+            )
+
+
+@dataclass
 class TrainConfig(Config):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -143,6 +167,7 @@ class TrainConfig(Config):
     batch: BatchConfig = field(default_factory=BatchConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
     parallel: ParallelDims = field(default_factory=ParallelDims)
     """Used when started by torchrun (WORLD_SIZE > 1); ignored in a single process."""
     out_dir: str = "runs/train"

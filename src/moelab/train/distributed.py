@@ -9,9 +9,10 @@ Supported layouts inside ``moelab train`` (``parallel.*``):
   replica reads its own data) and with EP on each stage's layers; zero-bubble schedules (split
   backward: ZBV, DualPipeV) keep FSDP's parameters unsharded between forward and backward.
 
-Activation checkpointing (``parallel.activation_checkpoint``) applies in one process as well.
-The order is fixed: pipeline split, expert parallelism, activation checkpointing, FSDP
-(``parallelize``).
+Activation checkpointing (``parallel.activation_checkpoint``) and torch.compile
+(``compile.mode``) apply in one process as well. The order is fixed (``parallelize``):
+pipeline split, expert parallelism, activation checkpointing, compile (per block, so FSDP's
+hooks stay outside the compiled code, as in torchtitan), FSDP.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from moelab.parallel.activation import apply_activation_checkpointing
+from moelab.parallel.compile import apply_compile
 from moelab.parallel.dims import ParallelDims
 from moelab.parallel.env import init_distributed, is_distributed, world_size
 from moelab.parallel.expert import apply_expert_parallel, expert_params
@@ -43,6 +45,8 @@ class DistContext:
     meshes: dict | None = None
     pipeline: object | None = None
     """A ``PipelineRunner`` once ``shard_model`` ran with pp > 1."""
+    compiled: list[str] | None = None
+    """What ``compile.mode`` compiled (block names, or block.part under expert parallelism)."""
 
     @property
     def is_rank0(self) -> bool:
@@ -120,10 +124,22 @@ def setup(dims: ParallelDims, device: str, num_experts: int) -> DistContext:
 
 
 def parallelize(
-    model: torch.nn.Module, ctx: DistContext, param_dtype=None, aux_loss_fn=None, part_names=()
+    model: torch.nn.Module,
+    ctx: DistContext,
+    param_dtype=None,
+    aux_loss_fn=None,
+    part_names=(),
+    compile_mode: str = "none",
+    compile_backend: str = "inductor",
 ) -> None:
-    """Apply, in this order: pipeline split, expert parallelism, activation checkpointing, FSDP."""
+    """Apply, in this order: pipeline split, expert parallelism, activation checkpointing,
+    compile, FSDP."""
     dims = ctx.dims or ParallelDims()
+    if ctx.enabled and compile_mode == "model":
+        raise ValueError(
+            "compile.mode=model compiles the whole forward in one process only; under torchrun "
+            "use compile.mode=blocks (each block compiled before FSDP wraps it)"
+        )
     if ctx.enabled and dims.pp > 1:
         from moelab.parallel.pipeline_runner import PipelineRunner
 
@@ -148,6 +164,7 @@ def parallelize(
             backward_group=_backward_ep_group(ctx) if dims.pp_overlap_f_b else None,
         )
     apply_activation_checkpointing(model, dims.activation_checkpoint, dims.ac_every)
+    ctx.compiled = apply_compile(model, compile_mode, compile_backend)
     if ctx.pipeline is not None:
         if ctx.dp_size > 1:
             ctx.pipeline.shard(
@@ -170,9 +187,9 @@ def _backward_ep_group(ctx: DistContext) -> dist.ProcessGroup:
     return group
 
 
-def shard_model(model: torch.nn.Module, ctx: DistContext, param_dtype=None, **pipeline_kw) -> None:
+def shard_model(model: torch.nn.Module, ctx: DistContext, param_dtype=None, **kw) -> None:
     """The trainer's entry point (kept for its call site): see ``parallelize``."""
-    parallelize(model, ctx, param_dtype=param_dtype, **pipeline_kw)
+    parallelize(model, ctx, param_dtype=param_dtype, **kw)
 
 
 def stage_losses(cfg) -> dict:

@@ -10,8 +10,8 @@ What is optimized is an ``Objective`` (moelab.train.objective): the batch source
 Pretraining on token shards is the default; SFT and DPO (moelab.posttrain) pass their own, so
 every stage shares this loop. ``init_from`` starts from existing weights with a fresh optimizer.
 
-What this module does not know: how parallelism is applied (moelab.parallel wraps the model
-and reduces counts), or what a checkpoint file looks like (moelab.checkpoint.layout).
+What this module does not know: how parallelism and torch.compile are applied
+(moelab.parallel wraps and compiles the model, and reduces counts), or what a checkpoint file looks like (moelab.checkpoint.layout).
 """
 
 from __future__ import annotations
@@ -80,7 +80,15 @@ class Trainer:
         self.model: MoETransformer = build_model(cfg.model, device=self.device, seed=cfg.seed)
         if cfg.init_from and not (resume and list_checkpoints(self.out_dir)):
             self._init_from(cfg.init_from)
-        shard_model(self.model, self.dist, **stage_losses(cfg))
+        shard_model(
+            self.model,
+            self.dist,
+            compile_mode=cfg.compile.mode,
+            compile_backend=cfg.compile.backend,
+            **stage_losses(cfg),
+        )
+        if self.dist.compiled and self.dist.is_rank0:
+            self.log(f"torch.compile ({cfg.compile.backend}): {', '.join(self.dist.compiled)}")
         self.optimizer = build_optimizer(
             self.model, cfg.optim, fused=_resolve(cfg.fused_optimizer, not self.dist.enabled)
         )
