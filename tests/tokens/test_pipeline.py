@@ -74,6 +74,14 @@ def test_two_workers_write_the_same_bytes(tmp_path, docs_factory, tokenizer_dir)
     tokenize(_cfg(docs_dir, tmp_path / "one", tokenizer_dir, workers=1))
     tokenize(_cfg(docs_dir, tmp_path / "two", tokenizer_dir, workers=2))
     assert _same_output(tmp_path / "one", tmp_path / "two")
+    # nor do the batch sizes: one document per tokenizers call and a write every ~2
+    # documents, against everything in one call and one write per shard
+    small = {"batch_docs": 1, "write_chars": 200}
+    tokenize(_cfg(docs_dir, tmp_path / "small", tokenizer_dir, **small))
+    tokenize(_cfg(docs_dir, tmp_path / "big", tokenizer_dir, batch_docs=10_000))
+    assert _same_output(tmp_path / "one", tmp_path / "small")
+    assert _same_output(tmp_path / "one", tmp_path / "big")
+    assert ShardReader(tmp_path / "small" / "train").num_docs > 2 * 4  # several writes a shard
     for split in SPLITS:
         meta_one = json.loads((tmp_path / "one" / split / "meta.json").read_text())
         meta_two = json.loads((tmp_path / "two" / split / "meta.json").read_text())
@@ -94,13 +102,17 @@ def parent_only(self):
         raise RuntimeError("a worker hashed the tokenizer again")
     return real(self)
 
+def not_rebuilt(*args, **kwargs):
+    raise RuntimeError("a forked worker rebuilt the tokenizer instead of inheriting it")
+
 Tokenizer._content_hash = parent_only
+Tokenizer.from_str = not_rebuilt
 docs, out, tok = sys.argv[1:]
 tokenize(TokenizeConfig.from_dict({"docs_dir": docs, "out_dir": out, "tokenizer": tok, "workers": 2}))
 """
 
 
-def test_workers_reuse_the_parents_tokenizer_hash(tmp_path, docs_factory, tokenizer_dir) -> None:
+def test_forked_workers_reuse_the_parents_tokenizer(tmp_path, docs_factory, tokenizer_dir) -> None:
     # its own process: this one may have imported torch, which makes the pool spawn workers
     (tokenizer_dir / "tokenizer_config.json").unlink()  # no recorded hash: the parent hashes
     docs_dir = docs_factory(tmp_path, n_files=2, per_file=10)
