@@ -88,6 +88,22 @@ def test_two_workers_write_the_same_bytes(tmp_path, docs_factory, tokenizer_dir)
         assert meta_one["shards"] == meta_two["shards"]
 
 
+def test_shards_do_not_depend_on_the_gzip_reader(
+    tmp_path, docs_factory, tokenizer_dir, monkeypatch
+) -> None:
+    import gzip
+
+    from moelab.data import document
+
+    pytest.importorskip("isal")  # the `data` extra; without it both runs use zlib
+    docs_dir = docs_factory(tmp_path, n_files=2, per_file=30)
+    assert document._read_gzip is not gzip
+    tokenize(_cfg(docs_dir, tmp_path / "isal", tokenizer_dir))
+    monkeypatch.setattr(document, "_read_gzip", gzip)
+    tokenize(_cfg(docs_dir, tmp_path / "zlib", tokenizer_dir))
+    assert _same_output(tmp_path / "isal", tmp_path / "zlib")
+
+
 WORKERS_MUST_NOT_HASH = """
 import os, sys
 from moelab.tokens.config import TokenizeConfig
