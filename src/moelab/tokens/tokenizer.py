@@ -46,9 +46,9 @@ EOT = "<|endoftext|>"
 ENCODE_BATCH = 32
 """Texts per ``encode_batch_fast`` call in ``encode_packed``. One thread gains nothing from
 big batches, and a batch's ``Encoding`` objects stay alive until it returns: 512 texts of
-~2 KB are ~20 MB of them, 32 are ~1 MB and stay in a core's L2. On the 2-core benchmark
-machine a bare loop in batches of 16-32 ran ~10% faster (CPU seconds) than in batches of 512,
-for ~0.6% more instructions."""
+~2 KB are ~20 MB of them, 32 are ~1 MB, within a core's L2. A bare loop over 15,000 such
+texts took 4.16 CPU s in batches of 32 against 4.23 in batches of 512 (``tokenize_bench.py``,
+fresh processes; in one long-lived process the gap was larger), for ~0.6% more instructions."""
 
 
 @dataclass(frozen=True)
