@@ -41,8 +41,8 @@ class TokenizeConfig(Config):
     workers: int = 1
     """Worker processes; each takes whole input files. 1 runs in this process."""
     batch_docs: int = 32
-    """Documents per ``tokenizers`` batch call; small batches are faster on one thread
-    (``tokenizer.ENCODE_BATCH`` says why)."""
+    """Documents per ``tokenizers`` batch call; small batches bound the memory a batch's
+    ``Encoding`` objects take and are no slower on one thread (``tokenizer.ENCODE_BATCH``)."""
     write_chars: int = 1 << 22
     """Characters of text a split collects before they are encoded and written to its shard:
     bounds a worker's memory, and keeps writes large."""

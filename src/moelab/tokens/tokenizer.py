@@ -46,9 +46,11 @@ EOT = "<|endoftext|>"
 ENCODE_BATCH = 32
 """Texts per ``encode_batch_fast`` call in ``encode_packed``. One thread gains nothing from
 big batches, and a batch's ``Encoding`` objects stay alive until it returns: 512 texts of
-~2 KB are ~20 MB of them, 32 are ~1 MB, within a core's L2. A bare loop over 15,000 such
-texts took 4.16 CPU s in batches of 32 against 4.23 in batches of 512 (``tokenize_bench.py``,
-fresh processes; in one long-lived process the gap was larger), for ~0.6% more instructions."""
+~2 KB are ~20 MB of them, 32 are ~1 MB, within a core's L2. For speed it is a wash in fresh
+processes (a bare loop over 15,000 such texts: 4.16 vs 4.23 CPU s for 32 vs 512 in one run,
+5.42 vs 5.30 in another; ``tokenize_bench.py`` takes the faster as its baseline); in one
+long-lived process 32 was the faster by ~10%; and it bounds the memory a long document
+batch takes. It costs ~0.6% more instructions."""
 
 
 @dataclass(frozen=True)
