@@ -22,9 +22,9 @@ digits, newlines and some non-ASCII, written as ``.jsonl.gz`` like a data stage'
 Every measurement runs in a fresh Python process (``--child CASE``; imports, the tokenizer load
 of the bare loop and the start of its 2 processes untimed), in a rotated order, best of
 ``--repeats``: a ``moelab tokens tokenize`` run is a fresh process, and one long-lived process
-that ran the earlier cases drifts (in one process, bare-loop runs after pipeline runs took ~5%
-more CPU than before them, and bare text objects reused from an earlier repeat already carry
-their UTF-8 form, which fresh text has to build).
+that ran the earlier cases drifts (in one test, bare-loop runs after pipeline runs took ~5% more
+CPU than before them; bare text objects reused from an earlier repeat also carry their UTF-8
+form already, which fresh text has to build).
 
 Goals (issue 5): 1 worker >= 0.9x the baseline per core; 2 workers >= 1.8x 1 worker; loader
 >= 100x the tiny model's training tokens/s. Wall-clock ratios need an otherwise idle machine, so
