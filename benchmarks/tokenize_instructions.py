@@ -9,7 +9,8 @@ cannot measure and exits 0), on the corpus and tokenizer of ``tokenize_bench.py`
 
 * ``null``: the shared preamble (imports, load the texts and the tokenizer), subtracted from
   every other case;
-* ``bare``: ``encode_batch_fast`` over the texts in memory, batches of 512, ids only;
+* ``bare``: ``encode_batch_fast`` over the texts in memory, batches of 512 (fewer instructions
+  than the pipeline's batches of 32, though slower in time: the strongest baseline here), ids only;
 * ``1 worker``: ``moelab tokens tokenize`` end to end (read gzip JSONL, encode, split, write
   shards, markers and meta.json; its own tokenizer load included);
 * ``2 workers``: the same with 2 forked worker processes (valgrind follows forks), counted per

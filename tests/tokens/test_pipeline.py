@@ -15,7 +15,7 @@ from moelab.data.document import read_documents
 from moelab.tokens.config import TokenizeConfig
 from moelab.tokens.loader import TokenLoader
 from moelab.tokens.pipeline import SPLITS, split_of, tokenize
-from moelab.tokens.shards import ShardError, ShardReader
+from moelab.tokens.shards import ShardError, ShardReader, ShardWriter
 from moelab.tokens.tokenizer import Tokenizer
 
 
@@ -69,15 +69,47 @@ def test_split_depends_only_on_the_id() -> None:
     assert [split_of(i, 0.1, salt="other") for i in ids] != first
 
 
-def test_two_workers_write_the_same_bytes(tmp_path, docs_factory, tokenizer_dir) -> None:
+def test_two_workers_write_the_same_bytes(
+    tmp_path, docs_factory, tokenizer_dir, monkeypatch
+) -> None:
     docs_dir = docs_factory(tmp_path, n_files=4, per_file=30)
     tokenize(_cfg(docs_dir, tmp_path / "one", tokenizer_dir, workers=1))
     tokenize(_cfg(docs_dir, tmp_path / "two", tokenizer_dir, workers=2))
     assert _same_output(tmp_path / "one", tmp_path / "two")
+    # nor do the batch sizes: one document per tokenizers call and a write every few
+    # documents, against everything in one call and one write per shard and split
+    writes = []
+    real_write = ShardWriter.write_packed
+    monkeypatch.setattr(
+        ShardWriter, "write_packed", lambda self, *a: writes.append(1) or real_write(self, *a)
+    )
+    tokenize(_cfg(docs_dir, tmp_path / "small", tokenizer_dir, batch_docs=1, write_chars=200))
+    assert len(writes) > 4 * 10  # several writes to every shard
+    writes.clear()
+    tokenize(_cfg(docs_dir, tmp_path / "big", tokenizer_dir, batch_docs=10_000))
+    assert len(writes) == 4 * len(SPLITS)
+    assert _same_output(tmp_path / "one", tmp_path / "small")
+    assert _same_output(tmp_path / "one", tmp_path / "big")
     for split in SPLITS:
         meta_one = json.loads((tmp_path / "one" / split / "meta.json").read_text())
         meta_two = json.loads((tmp_path / "two" / split / "meta.json").read_text())
         assert meta_one["shards"] == meta_two["shards"]
+
+
+def test_shards_do_not_depend_on_the_gzip_reader(
+    tmp_path, docs_factory, tokenizer_dir, monkeypatch
+) -> None:
+    import gzip
+
+    from moelab.data import document
+
+    pytest.importorskip("isal")  # the `data` extra; without it both runs use zlib
+    docs_dir = docs_factory(tmp_path, n_files=2, per_file=30)
+    assert document._read_gzip is not gzip
+    tokenize(_cfg(docs_dir, tmp_path / "isal", tokenizer_dir))
+    monkeypatch.setattr(document, "_read_gzip", gzip)
+    tokenize(_cfg(docs_dir, tmp_path / "zlib", tokenizer_dir))
+    assert _same_output(tmp_path / "isal", tmp_path / "zlib")
 
 
 WORKERS_MUST_NOT_HASH = """
@@ -94,13 +126,17 @@ def parent_only(self):
         raise RuntimeError("a worker hashed the tokenizer again")
     return real(self)
 
+def not_rebuilt(*args, **kwargs):
+    raise RuntimeError("a forked worker rebuilt the tokenizer instead of inheriting it")
+
 Tokenizer._content_hash = parent_only
+Tokenizer.from_str = not_rebuilt
 docs, out, tok = sys.argv[1:]
 tokenize(TokenizeConfig.from_dict({"docs_dir": docs, "out_dir": out, "tokenizer": tok, "workers": 2}))
 """
 
 
-def test_workers_reuse_the_parents_tokenizer_hash(tmp_path, docs_factory, tokenizer_dir) -> None:
+def test_forked_workers_reuse_the_parents_tokenizer(tmp_path, docs_factory, tokenizer_dir) -> None:
     # its own process: this one may have imported torch, which makes the pool spawn workers
     (tokenizer_dir / "tokenizer_config.json").unlink()  # no recorded hash: the parent hashes
     docs_dir = docs_factory(tmp_path, n_files=2, per_file=10)

@@ -148,13 +148,16 @@ def test_encode_packed_equals_per_document_encoding(tmp_path: Path) -> None:
     hf = HFTokenizer.from_file(str(neox_style(tmp_path / "n", False) / "tokenizer.json"))
     for specials in (SpecialTokens(bos=None, eos=EOT), SpecialTokens(bos="<|padding|>", eos=EOT)):
         tk = Tokenizer(hf, specials)
-        tokens, ends = tk.encode_packed(SAMPLES)
         docs = tk.encode_documents(SAMPLES)
-        assert tokens.dtype == np.uint32 and ends.dtype == np.int64
-        assert tokens.tolist() == [t for d in docs for t in d]
-        assert ends.tolist() == np.cumsum([len(d) for d in docs]).tolist()
+        for batch_size in (1, 2, len(SAMPLES), 1000):  # tokenizers is called batch by batch
+            tokens, ends = tk.encode_packed(SAMPLES, batch_size=batch_size)
+            assert tokens.dtype == np.uint32 and ends.dtype == np.int64
+            assert tokens.tolist() == [t for d in docs for t in d]
+            assert ends.tolist() == np.cumsum([len(d) for d in docs]).tolist()
     tokens, ends = tk.encode_packed([])
     assert len(tokens) == len(ends) == 0
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        tk.encode_packed(SAMPLES, batch_size=0)
 
 
 def test_dots_layout_loads_with_no_bos_and_endoftext_eos(tmp_path: Path) -> None:

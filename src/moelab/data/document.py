@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:  # ISA-L inflates gzip to the same bytes ~3x faster than zlib; optional (the `data` extra)
+    from isal import igzip as _read_gzip
+except ImportError:
+    _read_gzip = gzip
+
 
 @dataclass
 class Document:
@@ -57,9 +62,13 @@ def _open_text(path: Path, mode: str) -> io.TextIOBase:
 
 
 def read_documents(path: str | Path) -> Iterator[Document]:
-    """Documents from a ``.jsonl`` or ``.jsonl.gz`` file, in file order."""
+    """Documents from a ``.jsonl`` or ``.jsonl.gz`` file, in file order.
+
+    A ``.gz`` file is inflated by ISA-L when ``isal`` is installed: for the token stage,
+    which reads every document once and does little else, zlib was ~3.5% of its CPU time."""
     path = Path(path)
-    with _open_text(path, "r") as fh:
+    raw = _read_gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    with io.TextIOWrapper(raw, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

@@ -40,8 +40,12 @@ class TokenizeConfig(Config):
     """Mixed into the id hash; change it to draw a different validation set."""
     workers: int = 1
     """Worker processes; each takes whole input files. 1 runs in this process."""
-    batch_docs: int = 512
-    """Documents per ``tokenizers`` batch call."""
+    batch_docs: int = 32
+    """Documents per ``tokenizers`` batch call; small batches bound the memory a batch's
+    ``Encoding`` objects take and are no slower on one thread (``tokenizer.ENCODE_BATCH``)."""
+    write_chars: int = 1 << 22
+    """Characters of text a split collects before they are encoded and written to its shard:
+    bounds a worker's memory, and keeps writes large."""
 
     def validate(self, path: str) -> None:
         for name in ("docs_dir", "out_dir", "tokenizer"):
@@ -55,6 +59,8 @@ class TokenizeConfig(Config):
             raise ConfigError(_at(path, "workers"), f"must be >= 1, got {self.workers}")
         if self.batch_docs < 1:
             raise ConfigError(_at(path, "batch_docs"), f"must be >= 1, got {self.batch_docs}")
+        if self.write_chars < 1:
+            raise ConfigError(_at(path, "write_chars"), f"must be >= 1, got {self.write_chars}")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from moelab.data.document import Document, read_documents
+from moelab.data.document import read_documents
 from moelab.tokens.config import TokenizeConfig, TrainTokenizerConfig
 from moelab.tokens.shards import META_NAME, ShardError, ShardInfo, ShardWriter, write_meta
 from moelab.tokens.tokenizer import SpecialTokens, Tokenizer, train_bpe
@@ -62,27 +62,28 @@ class _Job:
     validation_fraction: float
     salt: str
     batch_docs: int
+    write_chars: int
 
 
 _WORKER_ARGS: tuple[str, SpecialTokens, str, str] | None = None
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(
-    tokenizer_json: str, specials: SpecialTokens, family: str, content_hash: str
-) -> None:
+def _init_worker(args: tuple[str, SpecialTokens, str, str] | None) -> None:
     """Pool initializer: only keeps the tokenizer's description (this cannot fail).
 
     A pool restarts a worker whose initializer raises, forever; building the tokenizer in the
-    first job instead turns a failure into an exception the parent sees."""
+    first job instead turns a failure into an exception the parent sees. ``None``: a forked
+    worker, which already holds the parent's tokenizer."""
     global _WORKER_ARGS
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER_ARGS = (tokenizer_json, specials, family, content_hash)
+    _WORKER_ARGS = args
 
 
 def _run_worker_job(job: _Job) -> dict[str, Any]:
-    """One tokenizer per process, built at the first job with the parent's hash (a worker
-    does not canonicalise the vocabulary again); parallelism comes from the processes."""
+    """One tokenizer per process: inherited from the parent when forked, else built at the
+    first job with the parent's hash (a worker does not canonicalise the vocabulary again);
+    parallelism comes from the processes."""
     global _WORKER_TOKENIZER
     if _WORKER_TOKENIZER is None:
         if _WORKER_ARGS is None:
@@ -91,17 +92,25 @@ def _run_worker_job(job: _Job) -> dict[str, Any]:
     return tokenize_input(job, _WORKER_TOKENIZER)
 
 
-def _flush(
-    batch: list[Document], tk: Tokenizer, writers: dict[str, ShardWriter], job: _Job
-) -> None:
-    """Encode a batch split by split, each as one packed array written straight to its shard."""
-    routed: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for doc in batch:
-        routed[split_of(doc.id, job.validation_fraction, job.salt)].append(doc.text)
-    for split, texts in routed.items():
-        if texts:
-            writers[split].write_packed(*tk.encode_packed(texts))
-    batch.clear()
+class _Split:
+    """One split's shard being written: texts wait here until ``write_chars`` characters
+    have come, then are encoded (``batch_docs`` per tokenizers call) and written at once."""
+
+    def __init__(self, writer: ShardWriter, tk: Tokenizer, job: _Job):
+        self.writer, self.tk, self.job = writer, tk, job
+        self.texts: list[str] = []
+        self.chars = 0
+
+    def add(self, text: str) -> None:
+        self.texts.append(text)
+        self.chars += len(text)
+        if self.chars >= self.job.write_chars:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.texts:
+            self.writer.write_packed(*self.tk.encode_packed(self.texts, self.job.batch_docs))
+        self.texts, self.chars = [], 0
 
 
 def tokenize_input(job: _Job, tk: Tokenizer) -> dict[str, Any]:
@@ -109,12 +118,11 @@ def tokenize_input(job: _Job, tk: Tokenizer) -> dict[str, Any]:
     out = Path(job.out_dir)
     writers = {split: ShardWriter(out / split, job.index) for split in SPLITS}
     try:
-        batch: list[Document] = []
+        splits = {name: _Split(writer, tk, job) for name, writer in writers.items()}
         for doc in read_documents(job.path):
-            batch.append(doc)
-            if len(batch) >= job.batch_docs:
-                _flush(batch, tk, writers, job)
-        _flush(batch, tk, writers, job)
+            splits[split_of(doc.id, job.validation_fraction, job.salt)].add(doc.text)
+        for split in splits.values():
+            split.flush()
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -163,10 +171,18 @@ def _start_method() -> str:
 def _run_jobs(jobs: list[_Job], tk: Tokenizer, workers: int) -> list[dict[str, Any]]:
     if workers == 1 or len(jobs) <= 1:
         return [tokenize_input(job, tk) for job in jobs]
-    ctx = mp.get_context(_start_method())
-    init = (tk.to_str(), tk.specials, tk.family, tk.hash)
-    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=init) as pool:
-        return list(pool.imap_unordered(_run_worker_job, jobs))
+    global _WORKER_TOKENIZER
+    method = _start_method()
+    # A forked worker inherits the built tokenizer: no to_str here and no from_str in each
+    # worker, whose cost grows with the vocabulary (8 ms for the demo's 4,096 ids).
+    args = None if method == "fork" else (tk.to_str(), tk.specials, tk.family, tk.hash)
+    _WORKER_TOKENIZER = tk if method == "fork" else None
+    try:
+        ctx = mp.get_context(method)
+        with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(args,)) as pool:
+            return list(pool.imap_unordered(_run_worker_job, jobs))
+    finally:
+        _WORKER_TOKENIZER = None
 
 
 def tokenize(cfg: TokenizeConfig, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
@@ -181,7 +197,15 @@ def tokenize(cfg: TokenizeConfig, tokenizer: Tokenizer | None = None) -> dict[st
     markers: dict[int, dict[str, Any]] = {}
     jobs = []
     for i, path in enumerate(inputs):
-        job = _Job(i, str(path), str(out), cfg.validation_fraction, cfg.split_salt, cfg.batch_docs)
+        job = _Job(
+            i,
+            str(path),
+            str(out),
+            cfg.validation_fraction,
+            cfg.split_salt,
+            cfg.batch_docs,
+            cfg.write_chars,
+        )
         marker = _read_marker(out / MARKERS / f"{i:05d}.json", job, tk.hash)
         if marker is not None:
             markers[i] = marker
