@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from moelab.infer import cpu_kernel
 from moelab.infer.fast_layers import FastSwiGLU
 from moelab.model.dispatch import weighted_sum
 from moelab.model.moe import GATHER_MAX_NUMEL, MoELayer
@@ -36,12 +37,20 @@ class FastMoE:
         self.gate, self.experts = layer.gate, layer.experts
         self.E, self.K = self.experts.num_experts, self.gate.top_k
         self.shared = None if layer.shared_experts is None else FastSwiGLU(layer.shared_experts)
+        self.kernel = cpu_kernel.load() if self.experts.gate_up_proj.device.type == "cpu" else None
 
     def __call__(self, x_BTD: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
         routing = self.gate(x_ND)
         ids_NK, w_NK = routing.expert_ids_TK, routing.weights_TK
+        if self.kernel is not None and self.kernel.supports(x_ND, self.experts.gate_up_proj):
+            y_ND = self.kernel.experts(
+                x_ND, ids_NK, w_NK, self.experts.gate_up_proj, self.experts.down_proj
+            )
+            if self.shared is not None:
+                y_ND = y_ND + self.shared(x_ND)
+            return y_ND.view(B, T, D)
         if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
             y_NKD = self.experts.forward_gathered(x_ND, ids_NK)
         else:

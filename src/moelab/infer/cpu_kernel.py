@@ -1,0 +1,177 @@
+"""A C kernel for the routed experts of an MoE layer on CPU (fp32 inference), built on first use.
+
+Why: at the sizes a CPU serves, ATen's grouped GEMM runs one small matrix product per expert
+(128 of them for dots.llm1, empty ones included), and most of each call is dispatch and
+packing, not arithmetic: a batch-1 prefill of tiny-dots spends half its instructions there.
+``kernels/moe_cpu.c`` does the layer's whole routed part in one call: a counting sort of the
+(token, slot) assignments by expert, for each expert dot products of its token rows with its
+weight rows read in place (the model's layout, no copy, no packing), SiLU·up, the down
+projection, and the weighted sum over slots in slot order. One call per layer instead of a
+sort, two gathers, two grouped GEMMs and a combine.
+
+How: the file is compiled with the system C compiler (``$CC``, else ``cc``) at
+``-O3 -march=native`` (OpenMP when the compiler has it, else one thread) into a cache folder
+(``$MOELAB_KERNEL_CACHE``, else ``~/.cache/moelab/kernels``), named by a hash of the source,
+the flags and this CPU's model and flags, so a cache shared between machines never hands one a
+binary built for another CPU. It is loaded with ctypes: no torch headers, so the build takes
+about a second, where a torch C++ extension takes about a minute. No compiler, a failed build or
+``MOELAB_CPU_KERNEL=0``: ``load()`` returns None once, with a logged reason, and callers keep
+the torch path, which computes the same thing.
+
+What this module does not know: routing (ids and weights come in), shared experts, the model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "moe_cpu.c"
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
+CHUNK = 64
+"""Assignments per work item: an expert with more tokens is split so threads share it."""
+
+
+class ExpertKernel:
+    """The loaded library: ``experts(...)`` computes the routed experts' weighted sum."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path, openmp: bool):
+        self.lib, self.path, self.openmp = lib, path, openmp
+        self.vector_width = lib.moe_cpu_vector_width()
+        fn = lib.moe_cpu_experts_f32
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int64]
+        self._fn = fn
+
+    def supports(self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor) -> bool:
+        """fp32 on CPU, contiguous weights, both widths a multiple of the vector width."""
+        E, two_i, D = gate_up_E2ID.shape
+        return (
+            x_ND.device.type == "cpu"
+            and x_ND.dtype == gate_up_E2ID.dtype == torch.float32
+            and gate_up_E2ID.is_contiguous()
+            and D % self.vector_width == 0
+            and (two_i // 2) % self.vector_width == 0
+            and not torch.is_grad_enabled()
+        )
+
+    def experts(
+        self,
+        x_ND: torch.Tensor,
+        ids_NK: torch.Tensor,
+        w_NK: torch.Tensor,
+        gate_up_E2ID: torch.Tensor,
+        down_EDI: torch.Tensor,
+    ) -> torch.Tensor:
+        """sum_k w[n,k] · down(silu(gate(x[n])) · up(x[n])) of expert ids[n,k], shape (N, D)."""
+        N, D = x_ND.shape
+        K = ids_NK.shape[1]
+        E, two_i, _ = gate_up_E2ID.shape
+        x_ND = x_ND.contiguous()
+        ids_NK = ids_NK.to(torch.int64).contiguous()
+        w_NK = w_NK.to(torch.float32).contiguous()
+        down_EDI = down_EDI.contiguous()
+        y_ND = torch.empty(N, D)
+        scratch = torch.empty(N * K, D)
+        threads = torch.get_num_threads() if self.openmp else 1
+        rc = self._fn(
+            x_ND.data_ptr(),
+            ids_NK.data_ptr(),
+            w_NK.data_ptr(),
+            gate_up_E2ID.data_ptr(),
+            down_EDI.data_ptr(),
+            y_ND.data_ptr(),
+            scratch.data_ptr(),
+            N,
+            K,
+            D,
+            two_i // 2,
+            E,
+            threads,
+            CHUNK,
+        )
+        if rc == -1:
+            raise ValueError(f"expert ids outside 0..{E - 1}")
+        if rc != 0:
+            raise MemoryError("moe_cpu_experts_f32 could not allocate its work buffers")
+        return y_ND
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOELAB_KERNEL_CACHE") or Path.home() / ".cache/moelab/kernels")
+
+
+def _cpu_signature() -> str:
+    """This CPU's model name and feature flags: what -march=native compiled for."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(dict.fromkeys(keep))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build(compiler: str, out: Path, openmp: bool) -> str | None:
+    """Compile SOURCE to ``out`` (atomically); the compiler's complaint on failure."""
+    flags = [*FLAGS, "-fopenmp"] if openmp else list(FLAGS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        proc = subprocess.run(
+            [compiler, *flags, str(SOURCE), "-o", str(tmp_path), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            return proc.stderr.strip()[-500:] or f"{compiler} exited {proc.returncode}"
+        os.replace(tmp_path, out)
+        return None
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@functools.cache
+def load() -> ExpertKernel | None:
+    """The kernel, built if needed; None (and one log line why) when it cannot be had."""
+    if os.environ.get("MOELAB_CPU_KERNEL", "1") == "0":
+        log.info("MOELAB_CPU_KERNEL=0: routed experts use the torch path")
+        return None
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        log.warning("no C compiler (%s) found: routed experts use the torch path", compiler)
+        return None
+    source = SOURCE.read_bytes()
+    errors = []
+    for openmp in (True, False):
+        key = hashlib.sha256(
+            source + repr((compiler, FLAGS, openmp)).encode() + _cpu_signature().encode()
+        ).hexdigest()[:16]
+        path = cache_dir() / f"moe_cpu-{key}.so"
+        if not path.exists():
+            try:
+                error = _build(compiler, path, openmp)
+            except (OSError, subprocess.SubprocessError) as exc:
+                error = str(exc)
+            if error is not None:
+                errors.append(error)
+                continue
+        try:
+            return ExpertKernel(ctypes.CDLL(str(path)), path, openmp)
+        except OSError as exc:
+            errors.append(str(exc))
+    log.warning("the CPU expert kernel did not build: %s; using the torch path", errors[-1])
+    return None

@@ -1,0 +1,240 @@
+/* Routed experts of one MoE layer on CPU, fp32, in one call: inference only.
+ *
+ * y[n] = sum_k w[n,k] * down_e(silu(gate_e(x[n])) * up_e(x[n])),  e = ids[n,k]
+ *
+ * Why it exists and how it is built and loaded: moelab/infer/cpu_kernel.py.
+ *
+ * The weights stay in the model's layout (gate_up: E x 2I x D, down: E x D x I, each row an
+ * output feature, contiguous along the input), so every product is a dot product along a
+ * contiguous row of both operands. A tile of MR token rows x NR weight rows keeps MR*NR = VL
+ * vector accumulators, one per output; after the inner loop one shuffle tree turns the VL
+ * accumulators into one vector of VL sums. Nothing is copied or packed: tokens are read in place
+ * through a per-expert list, outputs land in their (token, slot) row of a scratch buffer, and
+ * the weighted sum over slots runs in slot order, as the model's combine does.
+ *
+ * Shapes: N tokens, K slots per token, D hidden, I expert hidden, E experts, S = N*K.
+ * Needs D % VL == 0 and I % VL == 0 (the caller checks; moe_cpu_vector_width says VL).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && !defined(MOE_VL8)
+#define VL 16
+#define MR 4
+#define NR 4
+#else
+#define VL 8
+#define MR 4
+#define NR 2
+#endif
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+#if defined(__clang__)
+#define SHUF(u, v, ...) __builtin_shufflevector(u, v, __VA_ARGS__)
+#else
+#define SHUF(u, v, ...) __builtin_shuffle(u, v, (vi){__VA_ARGS__})
+#endif
+
+/* Shuffle-tree masks. Before a level each vector holds G accumulators' partial sums in G blocks
+ * of L lanes; P takes the first half of every block of the pair (u, v), Q the second half, so
+ * P + Q holds 2G accumulators in blocks of L/2, in order. After the last level lane j is acc j. */
+#if VL == 16
+#define P1 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define Q1 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define P2 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
+#define Q2 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
+#define P3 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29
+#define Q3 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31
+#define P4 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define Q4 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#else
+#define P1 0, 1, 2, 3, 8, 9, 10, 11
+#define Q1 4, 5, 6, 7, 12, 13, 14, 15
+#define P2 0, 1, 4, 5, 8, 9, 12, 13
+#define Q2 2, 3, 6, 7, 10, 11, 14, 15
+#define P3 0, 2, 4, 6, 8, 10, 12, 14
+#define Q3 1, 3, 5, 7, 9, 11, 13, 15
+#endif
+
+static inline vf loadu(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline vf reduce_lanes(const vf a[VL]) {
+    vf b[VL / 2], c[VL / 4];
+    for (int i = 0; i < VL / 2; i++) b[i] = SHUF(a[2 * i], a[2 * i + 1], P1) + SHUF(a[2 * i], a[2 * i + 1], Q1);
+    for (int i = 0; i < VL / 4; i++) c[i] = SHUF(b[2 * i], b[2 * i + 1], P2) + SHUF(b[2 * i], b[2 * i + 1], Q2);
+#if VL == 16
+    vf d[2];
+    for (int i = 0; i < 2; i++) d[i] = SHUF(c[2 * i], c[2 * i + 1], P3) + SHUF(c[2 * i], c[2 * i + 1], Q3);
+    return SHUF(d[0], d[1], P4) + SHUF(d[0], d[1], Q4);
+#else
+    return SHUF(c[0], c[1], P3) + SHUF(c[0], c[1], Q3);
+#endif
+}
+
+/* e^x in float, within about 1 ulp: x = n ln2 + r, |r| <= ln2/2, e^r by Cephes' expf polynomial,
+ * 2^n from the exponent bits. Written out (not libm's expf) so the SiLU loop vectorizes; x is
+ * clamped to where 2^n stays a normal float, which moves silu(g) by less than 1e-36. */
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float t = x * 1.44269504088896341f + magic;
+    int32_t n;
+    memcpy(&n, &t, sizeof n);
+    n -= 0x4B400000; /* the bits of magic */
+    t -= magic;
+    float r = x - t * 0.693359375f; /* ln2 in two parts: exact product, then the rest */
+    r = r + t * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = (n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* out[m*NR + j] = dot(a[m][0:len], w[j*ldw : j*ldw + len]) for m < MR, j < NR. */
+static inline void tile_dots(const float *const a[MR], const float *w, int64_t ldw, int64_t len,
+                             float out[VL]) {
+    vf acc[VL];
+    for (int t = 0; t < VL; t++) acc[t] = (vf){0};
+    for (int64_t k = 0; k < len; k += VL) {
+        vf av[MR], wv[NR];
+        for (int m = 0; m < MR; m++) av[m] = loadu(a[m] + k);
+        for (int j = 0; j < NR; j++) wv[j] = loadu(w + j * ldw + k);
+        for (int m = 0; m < MR; m++)
+            for (int j = 0; j < NR; j++) acc[m * NR + j] += av[m] * wv[j];
+    }
+    vf s = reduce_lanes(acc);
+    memcpy(out, &s, sizeof s);
+}
+
+/* rows[r] for r < M, padded to MR with the last row (its outputs are dropped). */
+static inline void tile_rows(const float *const *rows, int64_t M, int64_t m0, const float *a[MR]) {
+    for (int m = 0; m < MR; m++) a[m] = rows[m0 + m < M ? m0 + m : M - 1];
+}
+
+/* out_rows[r][0:n_out] = in_rows[r] . w^T for r < M; w is n_out x len, row-major. */
+static void rows_times_wt(const float *const *in_rows, float *const *out_rows, int64_t M,
+                          const float *w, int64_t n_out, int64_t len) {
+    float out[VL];
+    const float *a[MR];
+    for (int64_t j0 = 0; j0 < n_out; j0 += NR) {        /* weight rows outside: read once */
+        for (int64_t m0 = 0; m0 < M; m0 += MR) {
+            tile_rows(in_rows, M, m0, a);
+            tile_dots(a, w + j0 * len, len, len, out);
+            for (int m = 0; m < MR && m0 + m < M; m++)
+                for (int j = 0; j < NR; j++) out_rows[m0 + m][j0 + j] = out[m * NR + j];
+        }
+    }
+}
+
+int moe_cpu_vector_width(void) { return VL; }
+
+/* Returns 0, or -1 when an expert id is out of range (nothing written to y), -2 out of memory. */
+int moe_cpu_experts_f32(const float *x, const int64_t *ids, const float *w, const float *gate_up,
+                        const float *down, float *y, float *scratch, int64_t N, int64_t K,
+                        int64_t D, int64_t I, int64_t E, int threads, int64_t chunk) {
+    const int64_t S = N * K;
+    for (int64_t s = 0; s < S; s++)
+        if (ids[s] < 0 || ids[s] >= E) return -1;
+    /* Counting sort of the assignments by expert (stable: slot order within an expert). */
+    int64_t *offsets = calloc((size_t)E + 1, sizeof(int64_t));
+    int64_t *order = malloc((size_t)(S > 0 ? S : 1) * sizeof(int64_t));
+    if (!offsets || !order) {
+        free(offsets);
+        free(order);
+        return -2;
+    }
+    for (int64_t s = 0; s < S; s++) offsets[ids[s] + 1]++;
+    for (int64_t e = 0; e < E; e++) offsets[e + 1] += offsets[e];
+    int64_t n_items = 0;
+    for (int64_t e = 0; e < E; e++) n_items += (offsets[e + 1] - offsets[e] + chunk - 1) / chunk;
+    int64_t *cursor = malloc((size_t)E * sizeof(int64_t));
+    int64_t *items = malloc((size_t)(n_items > 0 ? n_items : 1) * 2 * sizeof(int64_t));
+    if (!cursor || !items) {
+        free(offsets);
+        free(order);
+        free(cursor);
+        free(items);
+        return -2;
+    }
+    memcpy(cursor, offsets, (size_t)E * sizeof(int64_t));
+    for (int64_t s = 0; s < S; s++) order[cursor[ids[s]]++] = s;
+    /* Work items: (expert, first position in order) of at most `chunk` assignments each. */
+    int64_t it = 0;
+    for (int64_t e = 0; e < E; e++)
+        for (int64_t p = offsets[e]; p < offsets[e + 1]; p += chunk) {
+            items[2 * it] = e;
+            items[2 * it + 1] = p;
+            it++;
+        }
+    int failed = 0;
+
+#pragma omp parallel num_threads(threads)
+    {
+        float *gu = malloc((size_t)chunk * 3 * I * sizeof(float)); /* chunk x 2I, then chunk x I */
+        const float **in_rows = malloc((size_t)chunk * sizeof(float *));
+        float **out_rows = malloc((size_t)chunk * sizeof(float *));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < n_items; t++) {
+            if (!gu || !in_rows || !out_rows) { /* every thread still runs the loop (OpenMP rule) */
+#pragma omp atomic write
+                failed = 1;
+                continue;
+            }
+            const int64_t e = items[2 * t], p0 = items[2 * t + 1];
+            const int64_t end = offsets[e + 1] < p0 + chunk ? offsets[e + 1] : p0 + chunk;
+            const int64_t M = end - p0;
+            float *act = gu + chunk * 2 * I;
+            for (int64_t r = 0; r < M; r++) {
+                in_rows[r] = x + (order[p0 + r] / K) * D;
+                out_rows[r] = gu + r * 2 * I;
+            }
+            rows_times_wt(in_rows, out_rows, M, gate_up + e * 2 * I * D, 2 * I, D);
+            for (int64_t r = 0; r < M; r++) {
+                const float *g = gu + r * 2 * I, *u = g + I;
+                float *a = act + r * I;
+#pragma omp simd
+                for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
+                in_rows[r] = a;
+                out_rows[r] = scratch + order[p0 + r] * D;
+            }
+            rows_times_wt(in_rows, out_rows, M, down + e * D * I, D, I);
+        }
+        free(gu);
+        free(in_rows);
+        free(out_rows);
+    }
+    free(offsets);
+    free(order);
+    free(cursor);
+    free(items);
+    if (failed) return -2;
+
+    /* The weighted sum over slots, k ascending. */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *out = y + n * D;
+        const float *wk = w + n * K;
+        for (int64_t d = 0; d < D; d++) out[d] = wk[0] * scratch[(n * K) * D + d];
+        for (int64_t k = 1; k < K; k++) {
+            const float *row = scratch + (n * K + k) * D;
+            for (int64_t d = 0; d < D; d++) out[d] += wk[k] * row[d];
+        }
+    }
+    return 0;
+}
