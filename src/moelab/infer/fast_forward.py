@@ -5,7 +5,10 @@ Two entry points, the two shapes generation needs, both on cache rows the caller
 
 * ``prefill(ids, lengths)``: right-padded prompts, each written to its rows from position 0;
   causal attention over the prompt itself (no mask, no cache read). Logits at each prompt's
-  last position, or at every position (``all_logits``: prompt logprobs for ``echo``).
+  last position, or at every position (``all_logits``: prompt logprobs for ``echo``). For the
+  last logits only, the final block computes just what they use: keys and values of every
+  position (the cache needs them), the rest (attention queries, o_proj, residual, FFN/MoE)
+  at the B last positions, not B·T (at 4 layers, a quarter of the prefill's MoE work).
 * ``decode(ids, positions)``: one token per row at that row's own position; one mask for all
   layers, none when every row sits at the same position.
 
