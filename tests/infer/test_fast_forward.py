@@ -94,6 +94,36 @@ def test_decode_on_scattered_rows_at_one_position(tiny_models):
 
 
 @pytest.mark.parametrize("family", ["dots1", "olmoe"])
+def test_last_logits_prefill_runs_the_final_block_on_last_positions_only(tiny_models, family):
+    """Only each prompt's last hidden state feeds its logits, so the final block's FFN/MoE sees
+    B rows (not B·T), while the logits and every layer's cached keys and values (the final
+    layer's included) equal the full path: ragged prompts, one of length 1, one filling T."""
+    model = tiny_models[family]
+    prompts = random_prompts([5, 1, 9, 3], seed=11)
+    lengths = [len(p) for p in prompts]
+    T = max(lengths)
+    ids = torch.tensor([p + [0] * (T - len(p)) for p in prompts])
+    fast = FastForward(model, 16)
+    norm1_w, attn, norm2_w, ffn = fast.blocks[-1]
+    ffn_rows = []
+
+    def counting_ffn(x: torch.Tensor) -> torch.Tensor:
+        ffn_rows.append(x.shape[:-1].numel())
+        return ffn(x)
+
+    fast.blocks[-1] = (norm1_w, attn, norm2_w, counting_ffn)
+    caches, logits = [], []
+    for all_logits in (True, False):
+        caches.append(KVCache.for_model(model.config, 4, 16, dtype=torch.float32, device="cpu"))
+        caches[-1].bind([0, 1, 2, 3], end=T)
+        logits.append(fast.prefill(ids, lengths, caches[-1], all_logits=all_logits))
+    assert ffn_rows == [4 * T, 4]
+    full, last = logits
+    torch.testing.assert_close(last, full[range(4), [n - 1 for n in lengths]], **TOL)
+    assert torch.equal(caches[1].kv_LBSCd, caches[0].kv_LBSCd)
+
+
+@pytest.mark.parametrize("family", ["dots1", "olmoe"])
 @pytest.mark.parametrize("tokens", [1, 8, 40])
 def test_moe_layer_equals_the_model_on_both_expert_paths(tiny_models, family, tokens):
     """1 and 8 tokens (gathered path: a copy under GATHER_MAX_NUMEL), 40 (sorted grouped GEMM

@@ -90,15 +90,8 @@ class FastAttention:
         sin_BT1d: torch.Tensor,
         ctx: AttentionContext,
     ) -> torch.Tensor:
-        B, T, _ = x_BTD.shape
-        H, K, d = self.H, self.K, self.d
-        qkv = F.linear(x_BTD, self.w_qkv, self.b_qkv)
-        qk = self._qk(qkv, B, T)  # (B, T, H+K, d), normed, clipped
-        qk = apply_rope(qk, cos_BT1d, sin_BT1d)
-        v = qkv[..., (H + K) * d :].view(B, T, K, d)
-        if self.clip is not None:
-            v = v.clamp(-self.clip, self.clip)
-        q, k = qk[:, :, :H], qk[:, :, H:]
+        q, k, v = self._qkv(x_BTD, cos_BT1d, sin_BT1d)
+        K = self.K
         if ctx.fresh:
             ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
             out = F.scaled_dot_product_attention(
@@ -118,7 +111,51 @@ class FastAttention:
                 attn_mask=ctx.mask_B11S,
                 enable_gqa=self.gqa,
             )
-        return F.linear(out.transpose(1, 2).reshape(B, T, H * d), self.w_o, self.b_o)
+        return self._out(out)
+
+    def last_queries(
+        self,
+        x_BTD: torch.Tensor,
+        cos_BT1d: torch.Tensor,
+        sin_BT1d: torch.Tensor,
+        ctx: AttentionContext,
+        last_B: torch.Tensor,
+        mask_B11T: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Prefill of fresh rows where only row b's output at position ``last_B[b]`` is used
+        (the final layer when only the last logits are wanted): keys and values of every
+        position still go to the cache, but attention and o_proj run for B queries, not B·T.
+        ``mask_B11T`` hides keys past each query (right padding); None if every row is full.
+        Returns (B, 1, D)."""
+        q, k, v = self._qkv(x_BTD, cos_BT1d, sin_BT1d)
+        ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
+        q_B1Hd = q[torch.arange(q.shape[0], device=q.device), last_B][:, None]
+        out = F.scaled_dot_product_attention(
+            q_B1Hd.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask_B11T,
+            enable_gqa=self.gqa,
+        )
+        return self._out(out)
+
+    def _qkv(
+        self, x_BTD: torch.Tensor, cos_BT1d: torch.Tensor, sin_BT1d: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, T, H, d), k and v (B, T, K, d): one fused projection, QK-norm, clip, RoPE."""
+        B, T, _ = x_BTD.shape
+        H, K, d = self.H, self.K, self.d
+        qkv = F.linear(x_BTD, self.w_qkv, self.b_qkv)
+        qk = self._qk(qkv, B, T)  # (B, T, H+K, d), normed, clipped
+        qk = apply_rope(qk, cos_BT1d, sin_BT1d)
+        v = qkv[..., (H + K) * d :].view(B, T, K, d)
+        if self.clip is not None:
+            v = v.clamp(-self.clip, self.clip)
+        return qk[:, :, :H], qk[:, :, H:], v
+
+    def _out(self, out_BHTd: torch.Tensor) -> torch.Tensor:
+        B, H, T, d = out_BHTd.shape
+        return F.linear(out_BHTd.transpose(1, 2).reshape(B, T, H * d), self.w_o, self.b_o)
 
     def _qk(self, qkv: torch.Tensor, B: int, T: int) -> torch.Tensor:
         """q and k heads, QK-normed and clipped in the model's order."""
