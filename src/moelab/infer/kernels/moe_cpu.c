@@ -20,15 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__) && !defined(MOE_VL8)
+#if defined(__AVX512F__)
 #define VL 16
-#define MR 4
-#define NR 4
 #else
 #define VL 8
-#define MR 4
-#define NR 2
 #endif
+#define MR 4
 
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
@@ -106,38 +103,41 @@ static inline float exp_f32(float x) {
     return p * scale;
 }
 
-/* out[m*NR + j] = dot(a[m][0:len], w[j*ldw : j*ldw + len]) for m < MR, j < NR. */
-static inline void tile_dots(const float *const a[MR], const float *w, int64_t ldw, int64_t len,
-                             float out[VL]) {
+/* out[m*nr + j] = dot(a[m][0:len], w[j*len : (j+1)*len]) for m < mr, j < nr, mr*nr = VL.
+ * Called with constant (mr, nr) only, so each use is unrolled into its own register tile. */
+static inline __attribute__((always_inline)) void tile_dots(const int mr, const int nr,
+                                                            const float *const *a, const float *w,
+                                                            int64_t len, float out[VL]) {
     vf acc[VL];
     for (int t = 0; t < VL; t++) acc[t] = (vf){0};
     for (int64_t k = 0; k < len; k += VL) {
-        vf av[MR], wv[NR];
-        for (int m = 0; m < MR; m++) av[m] = loadu(a[m] + k);
-        for (int j = 0; j < NR; j++) wv[j] = loadu(w + j * ldw + k);
-        for (int m = 0; m < MR; m++)
-            for (int j = 0; j < NR; j++) acc[m * NR + j] += av[m] * wv[j];
+        vf av[VL], wv[VL];
+        for (int m = 0; m < mr; m++) av[m] = loadu(a[m] + k);
+        for (int j = 0; j < nr; j++) wv[j] = loadu(w + j * len + k);
+        for (int m = 0; m < mr; m++)
+            for (int j = 0; j < nr; j++) acc[m * nr + j] += av[m] * wv[j];
     }
     vf s = reduce_lanes(acc);
     memcpy(out, &s, sizeof s);
 }
 
-/* rows[r] for r < M, padded to MR with the last row (its outputs are dropped). */
-static inline void tile_rows(const float *const *rows, int64_t M, int64_t m0, const float *a[MR]) {
-    for (int m = 0; m < MR; m++) a[m] = rows[m0 + m < M ? m0 + m : M - 1];
-}
-
-/* out_rows[r][0:n_out] = in_rows[r] . w^T for r < M; w is n_out x len, row-major. */
+/* out_rows[r][0:n_out] = in_rows[r] . w^T for r < M; w is n_out x len, row-major.
+ * Blocks of VL weight rows outside (each read once per call); inside, MR rows at a time share
+ * every weight load (an MR x VL/MR tile), and the last M % MR rows go one by one (1 x VL). */
 static void rows_times_wt(const float *const *in_rows, float *const *out_rows, int64_t M,
                           const float *w, int64_t n_out, int64_t len) {
     float out[VL];
-    const float *a[MR];
-    for (int64_t j0 = 0; j0 < n_out; j0 += NR) {        /* weight rows outside: read once */
-        for (int64_t m0 = 0; m0 < M; m0 += MR) {
-            tile_rows(in_rows, M, m0, a);
-            tile_dots(a, w + j0 * len, len, len, out);
-            for (int m = 0; m < MR && m0 + m < M; m++)
-                for (int j = 0; j < NR; j++) out_rows[m0 + m][j0 + j] = out[m * NR + j];
+    const int64_t full = M - M % MR;
+    for (int64_t j0 = 0; j0 < n_out; j0 += VL) {
+        for (int64_t m0 = 0; m0 < full; m0 += MR)
+            for (int64_t jj = 0; jj < VL; jj += VL / MR) {
+                tile_dots(MR, VL / MR, in_rows + m0, w + (j0 + jj) * len, len, out);
+                for (int m = 0; m < MR; m++)
+                    for (int j = 0; j < VL / MR; j++) out_rows[m0 + m][j0 + jj + j] = out[m * (VL / MR) + j];
+            }
+        for (int64_t m = full; m < M; m++) {
+            tile_dots(1, VL, in_rows + m, w + j0 * len, len, out);
+            memcpy(out_rows[m] + j0, out, sizeof out);
         }
     }
 }

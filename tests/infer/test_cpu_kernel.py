@@ -1,0 +1,155 @@
+"""The C kernel for routed experts (moelab.infer.cpu_kernel): same numbers as torch, safe to lack.
+
+Equality is checked against a plain per-(token, slot) torch loop in fp32 (1e-5): both families'
+widths, token counts on either side of the 4-row tile and of a work item (an expert given more
+than CHUNK tokens is split), one and two threads. Then the edges: bad expert ids, unsupported
+inputs, and the build itself (cache reuse, opt-out, no compiler, a compiler that fails), where
+the contract is "None and the torch path", never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moelab.infer import cpu_kernel
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def kernel():
+    k = cpu_kernel.load()
+    if k is None:
+        pytest.skip("the C expert kernel did not build here (no compiler?)")
+    return k
+
+
+@pytest.fixture
+def fresh_load(monkeypatch, tmp_path):
+    """load() with an empty cache folder and no memo of an earlier load; restored afterwards."""
+    monkeypatch.setenv("MOELAB_KERNEL_CACHE", str(tmp_path / "kernels"))
+    cpu_kernel.load.cache_clear()
+    yield cpu_kernel.load
+    cpu_kernel.load.cache_clear()
+
+
+def _weights(E: int, D: int, hidden: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    gate_up = torch.randn(E, 2 * hidden, D, generator=gen) / D**0.5
+    down = torch.randn(E, D, hidden, generator=gen) / hidden**0.5
+    return gate_up, down
+
+
+def _reference(x, ids, w, gate_up, down):
+    """sum_k w[n,k] · down_e(silu(gate_e(x)) · up_e(x)), one (token, slot) at a time."""
+    out = torch.zeros_like(x)
+    hidden = down.shape[2]
+    for n in range(x.shape[0]):
+        for k in range(ids.shape[1]):
+            e = int(ids[n, k])
+            h = gate_up[e] @ x[n]
+            out[n] += w[n, k] * (down[e] @ (F.silu(h[:hidden]) * h[hidden:]))
+    return out
+
+
+@pytest.mark.parametrize(
+    "E, K, D, hidden",
+    [(128, 6, 128, 32), (64, 8, 128, 64), (8, 2, 64, 48)],
+    ids=["dots-tiny", "olmoe-tiny", "odd-hidden"],
+)
+@pytest.mark.parametrize("N", [1, 3, 5, 37])
+def test_kernel_equals_the_torch_reference(kernel, E, K, D, hidden, N):
+    if D % kernel.vector_width or hidden % kernel.vector_width:
+        pytest.skip(f"widths not a multiple of this build's vector width {kernel.vector_width}")
+    gate_up, down = _weights(E, D, hidden, seed=N)
+    gen = torch.Generator().manual_seed(100 + N)
+    x = torch.randn(N, D, generator=gen)
+    ids = torch.stack([torch.randperm(E, generator=gen)[:K] for _ in range(N)])
+    w = torch.rand(N, K, generator=gen)
+    with torch.inference_mode():
+        assert kernel.supports(x, gate_up)
+        got = kernel.experts(x, ids, w, gate_up, down)
+    torch.testing.assert_close(got, _reference(x, ids, w, gate_up, down), **TOL)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_expert_with_more_than_a_work_item_of_tokens(kernel, threads):
+    """Skewed routing (random-init routers do this): 150 tokens all on expert 3 in slot 0 is
+    three work items of at most CHUNK; slot 1 spreads. Same result on one and two threads."""
+    E, K, D, hidden, N = 16, 2, 64, 32, 150
+    assert N > 2 * cpu_kernel.CHUNK
+    gate_up, down = _weights(E, D, hidden, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(N, D, generator=gen)
+    ids = torch.stack([torch.full((N,), 3), torch.randint(4, E, (N,), generator=gen)], dim=1)
+    w = torch.rand(N, K, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            got = kernel.experts(x, ids, w, gate_up, down)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, _reference(x, ids, w, gate_up, down), **TOL)
+
+
+def test_expert_ids_out_of_range_raise(kernel):
+    gate_up, down = _weights(4, 64, 16, seed=0)
+    x, w = torch.randn(2, 64), torch.rand(2, 2)
+    for bad in (4, -1):
+        with pytest.raises(ValueError, match="expert ids outside 0..3"):
+            kernel.experts(x, torch.tensor([[0, 1], [2, bad]]), w, gate_up, down)
+
+
+def test_what_the_kernel_does_not_take(kernel):
+    """bf16, autograd and widths off the vector width go to the torch path (supports: False)."""
+    gate_up, _ = _weights(4, 64, 16, seed=0)
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        assert kernel.supports(x, gate_up)
+        assert not kernel.supports(x.bfloat16(), gate_up.bfloat16())
+        odd, _ = _weights(4, 64 + 4, 16, seed=0)
+        assert not kernel.supports(torch.randn(2, 68), odd)
+    with torch.enable_grad():
+        assert not kernel.supports(x, gate_up)
+
+
+def test_built_once_then_loaded_from_the_cache(fresh_load, tmp_path, monkeypatch):
+    first = fresh_load()
+    if first is None:
+        pytest.skip("the C expert kernel did not build here (no compiler?)")
+    assert first.path.parent == tmp_path / "kernels"
+    assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no temp left
+    cpu_kernel.load.cache_clear()
+
+    def no_build(*args):
+        raise AssertionError("rebuilt although the cache held the kernel")
+
+    monkeypatch.setattr(cpu_kernel, "_build", no_build)
+    assert fresh_load().path == first.path
+
+
+def test_opt_out_and_missing_compiler_give_none(fresh_load, monkeypatch, caplog):
+    monkeypatch.setenv("MOELAB_CPU_KERNEL", "0")
+    assert fresh_load() is None
+    cpu_kernel.load.cache_clear()
+    monkeypatch.delenv("MOELAB_CPU_KERNEL")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with caplog.at_level(logging.WARNING, logger="moelab.infer.cpu_kernel"):
+        assert fresh_load() is None
+    assert "no C compiler" in caplog.text
+
+
+def test_a_failing_compiler_gives_none_and_says_why(fresh_load, monkeypatch, tmp_path, caplog):
+    bad_cc = tmp_path / "cc"
+    bad_cc.write_text("#!/bin/sh\necho 'fatal: this compiler is broken' >&2\nexit 1\n")
+    bad_cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(bad_cc))
+    with caplog.at_level(logging.WARNING, logger="moelab.infer.cpu_kernel"):
+        assert fresh_load() is None
+    assert "this compiler is broken" in caplog.text
+    assert list((tmp_path / "kernels").glob("*")) == []  # no half-written library left
