@@ -153,3 +153,41 @@ def test_a_failing_compiler_gives_none_and_says_why(fresh_load, monkeypatch, tmp
         assert fresh_load() is None
     assert "this compiler is broken" in caplog.text
     assert list((tmp_path / "kernels").glob("*")) == []  # no half-written library left
+
+
+@pytest.mark.parametrize("T, E, k", [(1, 8, 2), (37, 64, 8), (600, 128, 6), (5, 16, 16)])
+def test_topk_picks_what_torch_picks_in_its_order(kernel, T, E, k):
+    """Distinct scores: the same indices in the same (descending) order as torch.topk; the
+    600-row case runs on the OpenMP path."""
+    scores = torch.randn(T, E, generator=torch.Generator().manual_seed(T))
+    assert torch.equal(kernel.topk(scores, k), torch.topk(scores, k, dim=-1).indices)
+
+
+def test_topk_ties_nans_and_bad_k(kernel):
+    scores = torch.tensor([[0.5, 1.0, 1.0, 0.2], [float("nan"), 0.1, 0.3, 0.2]])
+    assert kernel.topk(scores, 2).tolist() == [[1, 2], [2, 3]]  # lower index first; NaN never
+    with pytest.raises(ValueError, match="fewer than 2 numbers"):
+        kernel.topk(torch.tensor([[float("nan"), float("nan"), 1.0]]), 2)
+    with pytest.raises(ValueError, match="top-5 of 4"):
+        kernel.topk(scores, 5)
+    assert torch.equal(kernel.topk(scores.double(), 2), torch.topk(scores.double(), 2).indices)
+
+
+@pytest.mark.parametrize("preset", ["tiny-dots", "tiny-olmoe"])
+def test_router_with_the_kernel_topk_routes_like_the_model(kernel, preset):
+    """Same experts and weights per token (dots' unsorted top-k: as sets, weights matched)."""
+    from moelab.model import build_model, get_preset
+
+    model = build_model(get_preset(preset), seed=0).eval()
+    router = next(b.mlp.gate for b in model.layers.values() if b.is_moe)
+    x = torch.randn(300, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref, got = router(x), router(x, topk=kernel.topk)
+    order_ref, order_got = ref.expert_ids_TK.argsort(-1), got.expert_ids_TK.argsort(-1)
+    assert torch.equal(
+        ref.expert_ids_TK.gather(1, order_ref), got.expert_ids_TK.gather(1, order_got)
+    )
+    torch.testing.assert_close(
+        ref.weights_TK.gather(1, order_ref), got.weights_TK.gather(1, order_got), **TOL
+    )
+    assert torch.equal(ref.tokens_per_expert_E, got.tokens_per_expert_E)

@@ -54,6 +54,11 @@ class ExpertKernel:
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int64]
         self._fn = fn
+        topk = lib.moe_cpu_topk_f32
+        topk.restype = None
+        topk.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+        topk.argtypes += [ctypes.c_void_p, ctypes.c_int]
+        self._topk = topk
 
     def supports(self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor) -> bool:
         """fp32 on CPU, contiguous weights, both widths a multiple of the vector width."""
@@ -107,6 +112,23 @@ class ExpertKernel:
         if rc != 0:
             raise MemoryError("moe_cpu_experts_f32 could not allocate its work buffers")
         return y_ND
+
+    def topk(self, scores_TE: torch.Tensor, k: int, sorted: bool = True) -> torch.Tensor:
+        """Indices of each row's k largest scores, largest first (``torch.topk(...).indices``
+        for distinct scores; among equal scores the lower index first). Sorted either way:
+        ``sorted=False`` leaves the order free, and this is one valid order."""
+        T, E = scores_TE.shape
+        if scores_TE.device.type != "cpu" or scores_TE.dtype != torch.float32 or not 0 < k <= 64:
+            return torch.topk(scores_TE, k, dim=-1, sorted=sorted).indices
+        if k > E:
+            raise ValueError(f"top-{k} of {E} experts")
+        scores_TE = scores_TE.contiguous()
+        ids_TK = torch.empty(T, k, dtype=torch.int64)
+        threads = torch.get_num_threads() if self.openmp else 1
+        self._topk(scores_TE.data_ptr(), T, E, k, ids_TK.data_ptr(), threads)
+        if T and int(ids_TK.min()) < 0:
+            raise ValueError(f"router scores with fewer than {k} numbers in a row (NaN)")
+        return ids_TK
 
 
 def cache_dir() -> Path:

@@ -42,20 +42,20 @@ class FastMoE:
     def __call__(self, x_BTD: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
-        routing = self.gate(x_ND)
+        kernel = self.kernel
+        if kernel is not None and not kernel.supports(x_ND, self.experts.gate_up_proj):
+            kernel = None
+        routing = self.gate(x_ND, topk=None if kernel is None else kernel.topk)
         ids_NK, w_NK = routing.expert_ids_TK, routing.weights_TK
-        if self.kernel is not None and self.kernel.supports(x_ND, self.experts.gate_up_proj):
-            y_ND = self.kernel.experts(
-                x_ND, ids_NK, w_NK, self.experts.gate_up_proj, self.experts.down_proj
-            )
-            if self.shared is not None:
-                y_ND = y_ND + self.shared(x_ND)
-            return y_ND.view(B, T, D)
-        if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
-            y_NKD = self.experts.forward_gathered(x_ND, ids_NK)
+        if kernel is not None:
+            experts = self.experts
+            y_ND = kernel.experts(x_ND, ids_NK, w_NK, experts.gate_up_proj, experts.down_proj)
         else:
-            y_NKD = self._sorted(x_ND, ids_NK, routing.tokens_per_expert_E)
-        y_ND = combine(y_NKD, w_NK, x_ND.dtype)
+            if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
+                y_NKD = self.experts.forward_gathered(x_ND, ids_NK)
+            else:
+                y_NKD = self._sorted(x_ND, ids_NK, routing.tokens_per_expert_E)
+            y_ND = combine(y_NKD, w_NK, x_ND.dtype)
         if self.shared is not None:
             y_ND = y_ND + self.shared(x_ND)
         return y_ND.view(B, T, D)

@@ -18,6 +18,7 @@ Shapes: T tokens, D hidden, E experts, K top_k.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from moelab.model.config import MoEConfig
+
+TopK = Callable[[torch.Tensor, int, bool], torch.Tensor]
+"""(scores (T, E), k, sorted) -> indices (T, k) of each row's k largest, largest first if sorted."""
+
+
+def torch_topk(scores_TE: torch.Tensor, k: int, sorted: bool) -> torch.Tensor:
+    return torch.topk(scores_TE, k, dim=-1, sorted=sorted).indices
 
 
 @dataclass
@@ -78,7 +86,9 @@ class Router(nn.Module):
         names = {"expert_bias"} if self._buffers.get("expert_bias") is not None else set()
         return names | ({"weight"} if self.router_fp32 else set())
 
-    def forward(self, x_TD: torch.Tensor) -> RouterOutput:
+    def forward(self, x_TD: torch.Tensor, topk: TopK | None = None) -> RouterOutput:
+        """``topk``: how to pick the k best per row (default ``torch.topk``); the inference
+        engine passes its C kernel's, which picks the same experts."""
         if self.router_fp32:
             logits = F.linear(x_TD.float(), self.weight.float())
         else:
@@ -87,7 +97,7 @@ class Router(nn.Module):
             scores = F.softmax(logits, dim=-1, dtype=torch.float32)
         else:
             scores = logits.float().sigmoid()
-        ids = self._select(scores)
+        ids = self._select(scores, topk or torch_topk)
         weights = scores.gather(1, ids)
         if self.norm_topk_prob:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
@@ -99,14 +109,14 @@ class Router(nn.Module):
         counts = flat.new_zeros(self.num_experts).scatter_add_(0, flat, torch.ones_like(flat))
         return RouterOutput(logits, scores, ids, weights, counts)
 
-    def _select(self, scores_TE: torch.Tensor) -> torch.Tensor:
+    def _select(self, scores_TE: torch.Tensor, topk: TopK) -> torch.Tensor:
         if self.score_func == "softmax" and self.expert_bias is None:
             # torch.topk(sorted=True) as in transformers' OLMoE router.
-            return torch.topk(scores_TE, self.top_k, dim=-1).indices
+            return topk(scores_TE, self.top_k, True)
         choice = scores_TE if self.expert_bias is None else scores_TE + self.expert_bias
         if self.n_group > 1:
             choice = self._mask_groups(choice)
-        return torch.topk(choice, self.top_k, dim=-1, sorted=False).indices
+        return topk(choice, self.top_k, False)
 
     def _mask_groups(self, choice_TE: torch.Tensor) -> torch.Tensor:
         T = choice_TE.shape[0]

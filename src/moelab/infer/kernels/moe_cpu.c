@@ -238,3 +238,32 @@ int moe_cpu_experts_f32(const float *x, const int64_t *ids, const float *w, cons
     }
     return 0;
 }
+
+/* The k largest of each row of scores (N x E), largest first, the lower index first among
+ * equals; NaN is never picked over a number. One pass per row keeping a sorted list of k:
+ * at E <= a few hundred and k <= 8 this is a few compares per score, where a general top-k
+ * (partial sort, nth_element) branches and allocates per row. */
+void moe_cpu_topk_f32(const float *scores, int64_t N, int64_t E, int64_t k, int64_t *out,
+                      int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (N * E > 32768)
+    for (int64_t n = 0; n < N; n++) {
+        const float *row = scores + n * E;
+        float best[64];
+        int64_t *ids = out + n * k;
+        int64_t filled = 0;
+        for (int64_t e = 0; e < E; e++) {
+            const float v = row[e];
+            if (filled == k && !(v > best[k - 1])) continue;
+            if (filled < k && v != v) continue; /* NaN */
+            int64_t pos = filled < k ? filled++ : k - 1;
+            while (pos > 0 && v > best[pos - 1]) {
+                best[pos] = best[pos - 1];
+                ids[pos] = ids[pos - 1];
+                pos--;
+            }
+            best[pos] = v;
+            ids[pos] = e;
+        }
+        for (int64_t j = filled; j < k; j++) ids[j] = -1; /* fewer than k numbers in the row */
+    }
+}
