@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from moelab.infer import cpu_kernel
 
 TOL = dict(atol=1e-5, rtol=1e-5)
+CHOOSE = {"rows": 10**9, "cols": 0, "auto": None}
+"""cols_min pinning each form: rows always, token-major always, or the kernel's own choice."""
 
 
 @pytest.fixture
@@ -62,7 +64,9 @@ def _reference(x, ids, w, gate_up, down):
     ids=["dots-tiny", "olmoe-tiny", "odd-hidden"],
 )
 @pytest.mark.parametrize("N", [1, 3, 5, 37])
-def test_kernel_equals_the_torch_reference(kernel, E, K, D, hidden, N):
+@pytest.mark.parametrize("form", ["rows", "cols"])
+def test_kernel_equals_the_torch_reference(kernel, E, K, D, hidden, N, form):
+    """Both forms on every item: dot products along rows, and token-major (padded to VL)."""
     if D % kernel.vector_width or hidden % kernel.vector_width:
         pytest.skip(f"widths not a multiple of this build's vector width {kernel.vector_width}")
     gate_up, down = _weights(E, D, hidden, seed=N)
@@ -72,14 +76,16 @@ def test_kernel_equals_the_torch_reference(kernel, E, K, D, hidden, N):
     w = torch.rand(N, K, generator=gen)
     with torch.inference_mode():
         assert kernel.supports(x, gate_up)
-        got = kernel.experts(x, ids, w, gate_up, down)
+        got = kernel.experts(x, ids, w, gate_up, down, cols_min=CHOOSE[form])
     torch.testing.assert_close(got, _reference(x, ids, w, gate_up, down), **TOL)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_an_expert_with_more_than_a_work_item_of_tokens(kernel, threads):
+@pytest.mark.parametrize("form", ["rows", "cols", "auto"])
+def test_an_expert_with_more_than_a_work_item_of_tokens(kernel, threads, form):
     """Skewed routing (random-init routers do this): 150 tokens all on expert 3 in slot 0 is
-    three work items of at most CHUNK; slot 1 spreads. Same result on one and two threads."""
+    three work items of at most CHUNK (the last one of 22: not a multiple of the vector width);
+    slot 1 spreads. Same result on one and two threads, either form."""
     E, K, D, hidden, N = 16, 2, 64, 32, 150
     assert N > 2 * cpu_kernel.CHUNK
     gate_up, down = _weights(E, D, hidden, seed=7)
@@ -91,7 +97,7 @@ def test_an_expert_with_more_than_a_work_item_of_tokens(kernel, threads):
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            got = kernel.experts(x, ids, w, gate_up, down)
+            got = kernel.experts(x, ids, w, gate_up, down, cols_min=CHOOSE[form])
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(got, _reference(x, ids, w, gate_up, down), **TOL)

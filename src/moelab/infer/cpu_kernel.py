@@ -42,6 +42,9 @@ SOURCE = Path(__file__).parent / "kernels" / "moe_cpu.c"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 CHUNK = 64
 """Assignments per work item: an expert with more tokens is split so threads share it."""
+COLS_MIN = 16
+"""An expert's tokens from which the token-major form (VL tokens per vector, no reductions,
+two transposes) beats dot products along rows."""
 
 
 class ExpertKernel:
@@ -50,9 +53,11 @@ class ExpertKernel:
     def __init__(self, lib: ctypes.CDLL, path: Path, openmp: bool):
         self.lib, self.path, self.openmp = lib, path, openmp
         self.vector_width = lib.moe_cpu_vector_width()
+        self.cols_min = COLS_MIN
         fn = lib.moe_cpu_experts_f32
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int64]
+        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+        fn.argtypes += [ctypes.c_int64] * 2
         self._fn = fn
         topk = lib.moe_cpu_topk_f32
         topk.restype = None
@@ -79,8 +84,12 @@ class ExpertKernel:
         w_NK: torch.Tensor,
         gate_up_E2ID: torch.Tensor,
         down_EDI: torch.Tensor,
+        cols_min: int | None = None,
     ) -> torch.Tensor:
-        """sum_k w[n,k] · down(silu(gate(x[n])) · up(x[n])) of expert ids[n,k], shape (N, D)."""
+        """sum_k w[n,k] · down(silu(gate(x[n])) · up(x[n])) of expert ids[n,k], shape (N, D).
+
+        ``cols_min``: override COLS_MIN (0: token-major form always; tests pin both forms).
+        """
         N, D = x_ND.shape
         K = ids_NK.shape[1]
         E, two_i, _ = gate_up_E2ID.shape
@@ -106,6 +115,7 @@ class ExpertKernel:
             E,
             threads,
             CHUNK,
+            self.cols_min if cols_min is None else cols_min,
         )
         if rc == -1:
             raise ValueError(f"expert ids outside 0..{E - 1}")

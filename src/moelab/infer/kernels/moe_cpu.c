@@ -142,12 +142,90 @@ static void rows_times_wt(const float *const *in_rows, float *const *out_rows, i
     }
 }
 
+/* outT[j*ld + t*VL + l] = sum_k w[j*len + k] * inT[k*ld + t*VL + l] for j < rj, t < v, l < VL:
+ * rj weight rows times v vectors of tokens, rj*v = VL accumulators, no reduction needed. */
+static inline __attribute__((always_inline)) void tile_cols(const int v, const int rj,
+                                                            const float *w, int64_t len,
+                                                            const float *inT, int64_t ld,
+                                                            float *outT) {
+    vf acc[VL];
+    for (int t = 0; t < VL; t++) acc[t] = (vf){0};
+    for (int64_t k = 0; k < len; k++) {
+        vf xv[VL];
+        for (int t = 0; t < v; t++) xv[t] = loadu(inT + k * ld + t * VL);
+        for (int j = 0; j < rj; j++) {
+            const float wjk = w[j * len + k];
+            for (int t = 0; t < v; t++) acc[j * v + t] += xv[t] * wjk;
+        }
+    }
+    for (int j = 0; j < rj; j++)
+        for (int t = 0; t < v; t++) memcpy(outT + j * ld + t * VL, &acc[j * v + t], sizeof(vf));
+}
+
+/* outT (n_out x ld) = w (n_out x len) . inT (len x ld), ld a multiple of VL: the token-major
+ * form, each vector holds VL tokens. Blocks of up to 4 token vectors, as many weight rows as
+ * fill the VL accumulators. */
+static void wt_times_cols(const float *w, int64_t n_out, int64_t len, const float *inT,
+                          int64_t ld, float *outT) {
+    for (int64_t m0 = 0; m0 < ld;) {
+        const int64_t left = (ld - m0) / VL;
+        if (left >= 4 && VL % 4 == 0) {
+            for (int64_t j0 = 0; j0 < n_out; j0 += VL / 4)
+                tile_cols(4, VL / 4, w + j0 * len, len, inT + m0, ld, outT + j0 * ld + m0);
+            m0 += 4 * VL;
+        } else if (left >= 2) {
+            for (int64_t j0 = 0; j0 < n_out; j0 += VL / 2)
+                tile_cols(2, VL / 2, w + j0 * len, len, inT + m0, ld, outT + j0 * ld + m0);
+            m0 += 2 * VL;
+        } else {
+            for (int64_t j0 = 0; j0 < n_out; j0 += VL)
+                tile_cols(1, VL, w + j0 * len, len, inT + m0, ld, outT + j0 * ld + m0);
+            m0 += VL;
+        }
+    }
+}
+
+/* One expert's M token rows, row-major (dot products; few tokens). ws: 3*I*M floats. */
+static void expert_rows(const float *const *x_rows, float *const *y_rows, int64_t M,
+                        const float *gate_up, const float *down, int64_t D, int64_t I, float *ws,
+                        const float **in_rows, float **out_rows) {
+    float *gu = ws, *act = ws + M * 2 * I;
+    for (int64_t r = 0; r < M; r++) out_rows[r] = gu + r * 2 * I;
+    rows_times_wt(x_rows, out_rows, M, gate_up, 2 * I, D);
+    for (int64_t r = 0; r < M; r++) {
+        const float *g = gu + r * 2 * I, *u = g + I;
+        float *a = act + r * I;
+#pragma omp simd
+        for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
+        in_rows[r] = a;
+    }
+    rows_times_wt(in_rows, y_rows, M, down, D, I);
+}
+
+/* The same, token-major (many tokens): transpose the M rows in, (D + 3I + D) * Mp floats of ws
+ * with Mp = M rounded up to VL (zero padding), transpose the outputs back out. */
+static void expert_cols(const float *const *x_rows, float *const *y_rows, int64_t M,
+                        const float *gate_up, const float *down, int64_t D, int64_t I, float *ws) {
+    const int64_t Mp = (M + VL - 1) / VL * VL;
+    float *xT = ws, *guT = xT + D * Mp, *actT = guT + 2 * I * Mp, *yT = actT + I * Mp;
+    for (int64_t m = 0; m < Mp; m++)
+        for (int64_t d = 0; d < D; d++) xT[d * Mp + m] = m < M ? x_rows[m][d] : 0.0f;
+    wt_times_cols(gate_up, 2 * I, D, xT, Mp, guT);
+    const float *gT = guT, *uT = guT + I * Mp;
+#pragma omp simd
+    for (int64_t i = 0; i < I * Mp; i++) actT[i] = gT[i] / (1.0f + exp_f32(-gT[i])) * uT[i];
+    wt_times_cols(down, D, I, actT, Mp, yT);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t d = 0; d < D; d++) y_rows[m][d] = yT[d * Mp + m];
+}
+
 int moe_cpu_vector_width(void) { return VL; }
 
 /* Returns 0, or -1 when an expert id is out of range (nothing written to y), -2 out of memory. */
 int moe_cpu_experts_f32(const float *x, const int64_t *ids, const float *w, const float *gate_up,
                         const float *down, float *y, float *scratch, int64_t N, int64_t K,
-                        int64_t D, int64_t I, int64_t E, int threads, int64_t chunk) {
+                        int64_t D, int64_t I, int64_t E, int threads, int64_t chunk,
+                        int64_t cols_min) {
     const int64_t S = N * K;
     for (int64_t s = 0; s < S; s++)
         if (ids[s] < 0 || ids[s] >= E) return -1;
@@ -186,12 +264,16 @@ int moe_cpu_experts_f32(const float *x, const int64_t *ids, const float *w, cons
 
 #pragma omp parallel num_threads(threads)
     {
-        float *gu = malloc((size_t)chunk * 3 * I * sizeof(float)); /* chunk x 2I, then chunk x I */
+        const int64_t chunk_p = (chunk + VL - 1) / VL * VL;
+        float *ws = malloc((size_t)chunk_p * (2 * D + 3 * I) * sizeof(float));
         const float **in_rows = malloc((size_t)chunk * sizeof(float *));
         float **out_rows = malloc((size_t)chunk * sizeof(float *));
+        const float **x_rows = malloc((size_t)chunk * sizeof(float *));
+        float **y_rows = malloc((size_t)chunk * sizeof(float *));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_items; t++) {
-            if (!gu || !in_rows || !out_rows) { /* every thread still runs the loop (OpenMP rule) */
+            if (!ws || !in_rows || !out_rows || !x_rows || !y_rows) { /* every thread still runs
+                                                                         the loop (OpenMP rule) */
 #pragma omp atomic write
                 failed = 1;
                 continue;
@@ -199,25 +281,21 @@ int moe_cpu_experts_f32(const float *x, const int64_t *ids, const float *w, cons
             const int64_t e = items[2 * t], p0 = items[2 * t + 1];
             const int64_t end = offsets[e + 1] < p0 + chunk ? offsets[e + 1] : p0 + chunk;
             const int64_t M = end - p0;
-            float *act = gu + chunk * 2 * I;
             for (int64_t r = 0; r < M; r++) {
-                in_rows[r] = x + (order[p0 + r] / K) * D;
-                out_rows[r] = gu + r * 2 * I;
+                x_rows[r] = x + (order[p0 + r] / K) * D;
+                y_rows[r] = scratch + order[p0 + r] * D;
             }
-            rows_times_wt(in_rows, out_rows, M, gate_up + e * 2 * I * D, 2 * I, D);
-            for (int64_t r = 0; r < M; r++) {
-                const float *g = gu + r * 2 * I, *u = g + I;
-                float *a = act + r * I;
-#pragma omp simd
-                for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
-                in_rows[r] = a;
-                out_rows[r] = scratch + order[p0 + r] * D;
-            }
-            rows_times_wt(in_rows, out_rows, M, down + e * D * I, D, I);
+            const float *wg = gate_up + e * 2 * I * D, *wd = down + e * D * I;
+            if (M >= cols_min)
+                expert_cols(x_rows, y_rows, M, wg, wd, D, I, ws);
+            else
+                expert_rows(x_rows, y_rows, M, wg, wd, D, I, ws, in_rows, out_rows);
         }
-        free(gu);
+        free(ws);
         free(in_rows);
         free(out_rows);
+        free(x_rows);
+        free(y_rows);
     }
     free(offsets);
     free(order);
