@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from moelab.infer.fast_forward import FastForward
 from moelab.infer.fast_moe import FastMoE
@@ -156,3 +157,31 @@ def test_engine_uses_the_fast_path_and_matches_the_reference_engine(tiny_models)
     assert [r.output for r in fast.generate(prompts, params)] == [
         r.output for r in slow.generate(prompts, params)
     ]
+
+
+@pytest.mark.parametrize(
+    "shape, bias, strided",
+    [((40, 128), False, False), ((2, 20, 96), True, False), ((3, 16, 64), False, True)],
+)
+def test_linear_through_onednn_equals_f_linear(shape, bias, strided):
+    """``fast_layers.linear`` takes oneDNN at >= ONEDNN_MIN_ROWS rows (all three shapes here):
+    same numbers as F.linear, for 2-D and 3-D inputs, with a bias, on a strided input."""
+    from moelab.infer import fast_layers
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen)
+    x = x[..., ::2] if strided else x[..., : shape[-1]]
+    w = torch.randn(48, shape[-1], generator=gen)
+    b = torch.randn(48, generator=gen) if bias else None
+    with torch.inference_mode():
+        torch.testing.assert_close(fast_layers.linear(x, w, b), F.linear(x, w, b), **TOL)
+    x.requires_grad_(True)  # autograd: F.linear (oneDNN's op has no backward)
+    fast_layers.linear(x, w, b).sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand_as(x), **TOL)
+
+
+def test_onednn_can_be_turned_off(monkeypatch):
+    from moelab.infer import fast_layers
+
+    monkeypatch.setenv("MOELAB_ONEDNN", "0")
+    assert not fast_layers._onednn_linear_works()

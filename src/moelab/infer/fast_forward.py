@@ -27,7 +27,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moelab.infer.fast_layers import AttentionContext, FastAttention, FastSwiGLU, rope_table
+from moelab.infer.fast_layers import (
+    AttentionContext,
+    FastAttention,
+    FastSwiGLU,
+    linear,
+    rope_table,
+)
 from moelab.infer.fast_moe import FastMoE
 from moelab.infer.kv_cache import KVCache
 from moelab.model.dispatch import LocalDispatcher
@@ -119,4 +125,4 @@ class FastForward:
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         h = F.rms_norm(h, (h.shape[-1],), self.norm_w, self.eps)
-        return F.linear(h, self.lm_head_w)
+        return linear(h, self.lm_head_w)
