@@ -4,7 +4,7 @@ PyTorch's CPU tensors come from ``malloc``. glibc serves blocks above a moving t
 ``mmap`` (fresh, zero-filled pages on every allocation) and gives a heap top larger than the
 trim threshold back to the OS, so a forward whose temporaries are a few MB (an MoE layer's
 sorted tokens and expert activations at prefill) can pay page faults on every call, depending
-on what the process allocated before. Measured with benchmarks/infer_generate.py: tiny-olmoe
+on what the process allocated before. Measured with benchmarks/generate.py: tiny-olmoe
 batch-8 prefill ran at 9.7k tok/s after the tiny-dots runs and 13.8k with freed memory kept.
 PyTorch's CPU performance guide swaps in jemalloc or tcmalloc for the same reason; this uses
 glibc's own ``mallopt`` instead: a fixed mmap threshold of 32 MB (glibc's maximum; larger

@@ -63,7 +63,7 @@ class MoELayer(nn.Module):
         tiny-olmoe at 8 tokens (64 assignments, 64 experts) ties (2.59 vs 2.57 ms), at 10
         tokens 3.0 vs 4.2 ms; tiny-dots at 16 and 24 tokens (96, 144 assignments over 128
         experts) 0.8 vs 2.1 and 1.5 vs 2.1 ms; with the skewed routing of a randomly
-        initialised model, gathered wins more (benchmarks/infer_generate.py).
+        initialised model, gathered wins more (benchmarks/generate.py).
         """
         return (
             not torch.is_grad_enabled()

@@ -7,9 +7,17 @@ no padding), greedy, no stop token. Reported per batch size:
 * prefill tokens/s: prompt tokens / time to the first generated token;
 * decode tokens/s: generated tokens after the first / the time they took;
 * prefill GFLOP/s (``prefill_flops``: the forward's matmul FLOPs) as a share of this machine's
-  measured 1024³ matmul rate on the same threads (``measured_matmul_gflops``), and the share
-  a prefill twice as fast as transformers' would need: a roofline, since the prefill's matmuls
-  are smaller and thinner (128-wide, a few rows per expert) and it also does non-matmul work.
+  measured 1024³ matmul rate on the same threads (``measured_matmul_gflops``: the faster of
+  torch's MKL and oneDNN), and the share a prefill twice as fast as transformers' would need.
+  The FLOPs are the full model's for both sides: moelab's engine skips the final layer's work
+  at positions whose output no one reads (all but each prompt's last), so its rate is
+  work-equivalent, not FLOPs executed.
+
+What the engine does that transformers does not, on CPU in fp32 (each can be turned off to see
+its share): the routed experts in one C call per layer (``moelab.infer.cpu_kernel``;
+``MOELAB_CPU_KERNEL=0``), projections of 32+ rows through torch's oneDNN matmul instead of
+MKL's, which runs its AVX2 code on AMD CPUs (``MOELAB_ONEDNN=0``; on an Intel CPU expect less
+from this), and the final layer at the last positions only. Which of these ran is in the JSON.
 
 The four timed calls (moelab and transformers, 1 and N new tokens) run round-robin, median of
 --rounds, so background load hits both sides alike; the ratios are the numbers to read. Both
@@ -24,12 +32,11 @@ tokens per wall second and per CPU second of the process (server, engine and cli
 to read on a shared machine), and the mean number of requests decoded per engine step.
 
 Usage:
-    python -P benchmarks/infer_generate.py      # CPU: tiny-dots and tiny-olmoe, batch 1 and 8
-    OMP_WAIT_POLICY=PASSIVE python -P benchmarks/infer_generate.py --threads 2   # shared machine:
+    python -P benchmarks/generate.py      # CPU: tiny-dots and tiny-olmoe, batch 1 and 8
+    OMP_WAIT_POLICY=PASSIVE python -P benchmarks/generate.py --threads 2   # shared machine:
         # OpenMP threads that spin while waiting burn CPU time that counts against both sides
-    python -P benchmarks/infer_generate.py --device cuda --presets olmoe-1b-7b --dtype bfloat16
-Writes benchmarks/results/infer_generate_<device>.json (or --out). The file is named
-infer_generate.py, not generate.py, to sit with the other per-stage benchmark names.
+    python -P benchmarks/generate.py --device cuda --presets olmoe-1b-7b --dtype bfloat16
+Writes benchmarks/results/generate_<device>.json (or --out).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import torch
 
 from moelab.checkpoint.hf import save_pretrained
 from moelab.common.device import device_name, measured_matmul_gflops
+from moelab.infer import cpu_kernel, fast_layers
 from moelab.infer.chat import builtin_template
 from moelab.infer.config import ServeConfig, ServeLimits
 from moelab.infer.engine import Engine
@@ -336,9 +344,10 @@ def main() -> None:
     import transformers
 
     results = [bench_preset(p, args, transformers) for p in args.presets]
+    kernel = cpu_kernel.load() if args.device == "cpu" else None
     moelab_rows = [r for res in results for r in res["engine"] if r["impl"] == "moelab"]
     result = {
-        "command": "python -P benchmarks/infer_generate.py " + " ".join(sys.argv[1:]),
+        "command": "python -P benchmarks/generate.py " + " ".join(sys.argv[1:]),
         "device": args.device,
         "device_name": device_name(args.device),
         "threads": torch.get_num_threads(),
@@ -349,12 +358,16 @@ def main() -> None:
         "prompt_len": args.prompt_len,
         "new_tokens": args.new,
         "rounds": args.rounds,
+        "moelab_cpu_kernel": None
+        if kernel is None
+        else f"{kernel.path.name} (VL {kernel.vector_width})",
+        "moelab_onednn_linear": fast_layers.ONEDNN,
         "presets": results,
         "decode_vs_hf_min": min(r["decode_vs_hf"] for r in moelab_rows),
         "prefill_vs_hf_min": min(r["prefill_vs_hf"] for r in moelab_rows),
     }
     out = args.out or (
-        Path(__file__).parent / "results" / f"infer_generate_{args.device.split(':')[0]}.json"
+        Path(__file__).parent / "results" / f"generate_{args.device.split(':')[0]}.json"
     )
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
