@@ -57,6 +57,26 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 #define Q3 1, 3, 5, 7, 9, 11, 13, 15
 #endif
 
+/* Transpose masks: stage b swaps the off-diagonal b x b blocks of every 2b x 2b block, so after
+ * stages VL/2 .. 1 lane l of vector i holds what lane i of vector l held. */
+#if VL == 16
+#define TLO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define THI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define TLO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define THI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define TLO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define THI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define TLO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define THI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#else
+#define TLO4 0, 1, 2, 3, 8, 9, 10, 11
+#define THI4 4, 5, 6, 7, 12, 13, 14, 15
+#define TLO2 0, 1, 8, 9, 4, 5, 12, 13
+#define THI2 2, 3, 10, 11, 6, 7, 14, 15
+#define TLO1 0, 8, 2, 10, 4, 12, 6, 14
+#define THI1 1, 9, 3, 11, 5, 13, 7, 15
+#endif
+
 static inline vf loadu(const float *p) {
     vf v;
     memcpy(&v, p, sizeof v);
@@ -101,6 +121,26 @@ static inline float exp_f32(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+static inline void storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* r[i][l] <- r[l][i]: a VL x VL block transposed in registers, log2(VL) rounds of shuffles. */
+static inline void transpose_block(vf r[VL]) {
+#define TSTAGE(b)                                                                                  \
+    for (int i = 0; i < VL; i++)                                                                   \
+        if (!(i & (b))) {                                                                          \
+            const vf lo = SHUF(r[i], r[i + (b)], TLO##b), hi = SHUF(r[i], r[i + (b)], THI##b);     \
+            r[i] = lo;                                                                             \
+            r[i + (b)] = hi;                                                                       \
+        }
+#if VL == 16
+    TSTAGE(8)
+#endif
+    TSTAGE(4)
+    TSTAGE(2)
+    TSTAGE(1)
+#undef TSTAGE
 }
 
 /* out[m*nr + j] = dot(a[m][0:len], w[j*len : (j+1)*len]) for m < mr, j < nr, mr*nr = VL.
@@ -208,15 +248,25 @@ static void expert_cols(const float *const *x_rows, float *const *y_rows, int64_
                         const float *gate_up, const float *down, int64_t D, int64_t I, float *ws) {
     const int64_t Mp = (M + VL - 1) / VL * VL;
     float *xT = ws, *guT = xT + D * Mp, *actT = guT + 2 * I * Mp, *yT = actT + I * Mp;
-    for (int64_t m = 0; m < Mp; m++)
-        for (int64_t d = 0; d < D; d++) xT[d * Mp + m] = m < M ? x_rows[m][d] : 0.0f;
+    for (int64_t m0 = 0; m0 < Mp; m0 += VL)
+        for (int64_t d0 = 0; d0 < D; d0 += VL) {
+            vf r[VL];
+            for (int i = 0; i < VL; i++) r[i] = m0 + i < M ? loadu(x_rows[m0 + i] + d0) : (vf){0};
+            transpose_block(r);
+            for (int j = 0; j < VL; j++) storeu(xT + (d0 + j) * Mp + m0, r[j]);
+        }
     wt_times_cols(gate_up, 2 * I, D, xT, Mp, guT);
     const float *gT = guT, *uT = guT + I * Mp;
 #pragma omp simd
     for (int64_t i = 0; i < I * Mp; i++) actT[i] = gT[i] / (1.0f + exp_f32(-gT[i])) * uT[i];
     wt_times_cols(down, D, I, actT, Mp, yT);
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t d = 0; d < D; d++) y_rows[m][d] = yT[d * Mp + m];
+    for (int64_t m0 = 0; m0 < M; m0 += VL)
+        for (int64_t d0 = 0; d0 < D; d0 += VL) {
+            vf r[VL];
+            for (int j = 0; j < VL; j++) r[j] = loadu(yT + (d0 + j) * Mp + m0);
+            transpose_block(r);
+            for (int i = 0; i < VL && m0 + i < M; i++) storeu(y_rows[m0 + i] + d0, r[i]);
+        }
 }
 
 int moe_cpu_vector_width(void) { return VL; }
