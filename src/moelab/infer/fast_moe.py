@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from moelab.infer import cpu_kernel
-from moelab.infer.fast_layers import FastSwiGLU
+from moelab.infer.fast_layers import FastSwiGLU, linear
 from moelab.model.dispatch import weighted_sum
 from moelab.model.moe import GATHER_MAX_NUMEL, MoELayer
 
@@ -45,7 +45,7 @@ class FastMoE:
         kernel = self.kernel
         if kernel is not None and not kernel.supports(x_ND, self.experts.gate_up_proj):
             kernel = None
-        routing = self.gate(x_ND, topk=None if kernel is None else kernel.topk)
+        routing = self.gate(x_ND, topk=None if kernel is None else kernel.topk, linear=linear)
         ids_NK, w_NK = routing.expert_ids_TK, routing.weights_TK
         if kernel is not None:
             experts = self.experts

@@ -86,13 +86,18 @@ class Router(nn.Module):
         names = {"expert_bias"} if self._buffers.get("expert_bias") is not None else set()
         return names | ({"weight"} if self.router_fp32 else set())
 
-    def forward(self, x_TD: torch.Tensor, topk: TopK | None = None) -> RouterOutput:
-        """``topk``: how to pick the k best per row (default ``torch.topk``); the inference
-        engine passes its C kernel's, which picks the same experts."""
+    def forward(
+        self,
+        x_TD: torch.Tensor,
+        topk: TopK | None = None,
+        linear: Callable[..., torch.Tensor] = F.linear,
+    ) -> RouterOutput:
+        """``topk`` picks the k best per row (default ``torch.topk``) and ``linear`` makes the
+        logits: the inference engine passes its own (a C top-k, oneDNN), same numbers."""
         if self.router_fp32:
-            logits = F.linear(x_TD.float(), self.weight.float())
+            logits = linear(x_TD.float(), self.weight.float())
         else:
-            logits = F.linear(x_TD, self.weight)
+            logits = linear(x_TD, self.weight)
         if self.score_func == "softmax":
             scores = F.softmax(logits, dim=-1, dtype=torch.float32)
         else:
