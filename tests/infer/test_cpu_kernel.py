@@ -197,3 +197,34 @@ def test_router_with_the_kernel_topk_routes_like_the_model(kernel, preset):
         ref.weights_TK.gather(1, order_ref), got.weights_TK.gather(1, order_got), **TOL
     )
     assert torch.equal(ref.tokens_per_expert_E, got.tokens_per_expert_E)
+
+
+@pytest.mark.parametrize("groups, d", [(1, 128), (6, 32), (1, 40)])
+def test_rms_norm_of_a_slice_equals_torch(kernel, groups, d):
+    """Rows taken as a slice of a wider fused projection (no copy), written into a slice of a
+    wider output, per-group weights: F.rms_norm's numbers."""
+    gen = torch.Generator().manual_seed(d)
+    wide = torch.randn(9, groups * d + 24, generator=gen) * 3
+    x = wide[:, 8 : 8 + groups * d]
+    w = torch.randn(groups, d, generator=gen)
+    out_wide = torch.full((9, groups * d + 5), float("nan"))
+    kernel.rms_norm_into(x, w, 1e-6, out_wide[:, 5:])
+    ref = F.rms_norm(x.view(9, groups, d), (d,), eps=1e-6) * w
+    torch.testing.assert_close(out_wide[:, 5:], ref.view(9, -1), **TOL)
+    assert out_wide[:, :5].isnan().all()  # nothing written outside the slice
+    with pytest.raises(ValueError, match="unit column stride"):
+        kernel.rms_norm_into(wide[:, ::2][:, : groups * d], w, 1e-6, out_wide[:, 5:])
+
+
+def test_fast_rms_norm_takes_the_kernel_or_torch_alike():
+    from moelab.infer.fast_layers import rms_norm
+
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 5, 4 * 16, generator=gen), torch.randn(4, 16, generator=gen)
+    ref = (F.rms_norm(x.view(2, 5, 4, 16), (16,), eps=1e-5) * w).view(2, 5, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(rms_norm(x, w, 1e-5, groups=4), ref, **TOL)
+    torch.testing.assert_close(rms_norm(x, w, 1e-5, groups=4), ref, **TOL)  # grad on: torch
+    w1 = torch.randn(64, generator=gen)
+    with torch.inference_mode():
+        torch.testing.assert_close(rms_norm(x, w1, 1e-5), F.rms_norm(x, (64,), w1, 1e-5), **TOL)

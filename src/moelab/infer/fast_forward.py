@@ -32,6 +32,7 @@ from moelab.infer.fast_layers import (
     FastAttention,
     FastSwiGLU,
     linear,
+    rms_norm,
     rope_table,
 )
 from moelab.infer.fast_moe import FastMoE
@@ -110,19 +111,18 @@ class FastForward:
         of keys it sees): (B, 1, D) at those positions, the final block's attention queries,
         o_proj, residual and FFN run on B rows, not B·T (its keys and values are still cached)."""
         h = F.embedding(ids_BT, self.embed_w)
-        D = h.shape[-1]
         final = len(self.blocks) - 1
         for i, (norm1_w, attn, norm2_w, ffn) in enumerate(self.blocks):
-            x = F.rms_norm(h, (D,), norm1_w, self.eps)
+            x = rms_norm(h, norm1_w, self.eps)
             if last is not None and i == final:
                 last_B = last[0]
                 rows_B = torch.arange(len(last_B), device=h.device)
                 h = h[rows_B, last_B][:, None] + attn.last_queries(x, cos, sin, ctx, *last)
             else:
                 h = h + attn(x, cos, sin, ctx)
-            h = h + ffn(F.rms_norm(h, (D,), norm2_w, self.eps))
+            h = h + ffn(rms_norm(h, norm2_w, self.eps))
         return h
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.rms_norm(h, (h.shape[-1],), self.norm_w, self.eps)
+        h = rms_norm(h, self.norm_w, self.eps)
         return linear(h, self.lm_head_w)

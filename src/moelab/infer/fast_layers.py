@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from moelab.infer import cpu_kernel
 from moelab.infer.kv_cache import KVCache
 from moelab.model.attention import Attention
 from moelab.model.layers import RotaryEmbedding, SwiGLU
@@ -73,6 +74,23 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     ):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     return F.linear(x, w, b)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, groups: int = 1) -> torch.Tensor:
+    """``F.rms_norm`` over each of ``groups`` equal parts of the last dim, part g times w[g]
+    (w: (groups, d) or (d,)); the C kernel's one call for fp32 CPU without grad."""
+    C = x.shape[-1]
+    d = C // groups
+    kernel = cpu_kernel.load() if x.device.type == "cpu" else None
+    if kernel is None or x.dtype != torch.float32 or torch.is_grad_enabled() or x.stride(-1) != 1:
+        if groups == 1:
+            return F.rms_norm(x, (C,), w, eps)
+        return (
+            F.rms_norm(x.unflatten(-1, (groups, d)), (d,), eps=eps) * w.view(groups, d)
+        ).flatten(-2)
+    out = torch.empty(x.shape, dtype=x.dtype)
+    kernel.rms_norm_into(x.flatten(0, -2), w.reshape(groups, d), eps, out.view(-1, C))
+    return out
 
 
 def rope_table(
@@ -202,8 +220,8 @@ class FastAttention:
         """q and k heads, QK-normed and clipped in the model's order."""
         H, K, d, c = self.H, self.K, self.d, self.clip
         if self.qk_norm == "full":  # norm over the whole projection, then clip
-            q = F.rms_norm(qkv[..., : H * d], (H * d,), self.w_q, self.eps)
-            k = F.rms_norm(qkv[..., H * d : (H + K) * d], (K * d,), self.w_k, self.eps)
+            q = rms_norm(qkv[..., : H * d], self.w_q, self.eps)
+            k = rms_norm(qkv[..., H * d : (H + K) * d], self.w_k, self.eps)
             qk = torch.cat((q, k), dim=-1)
             if c is not None:
                 qk = qk.clamp(-c, c)
@@ -211,10 +229,9 @@ class FastAttention:
         qk = qkv[..., : (H + K) * d]
         if c is not None:  # clip, then the per-head norm
             qk = qk.clamp(-c, c)
-        qk = qk.view(B, T, H + K, d)
         if self.qk_norm == "head":
-            qk = F.rms_norm(qk, (d,), eps=self.eps).mul_(self.w_qk)
-        return qk
+            qk = rms_norm(qk, self.w_qk, self.eps, groups=H + K)
+        return qk.view(B, T, H + K, d)
 
 
 class FastSwiGLU:

@@ -395,3 +395,22 @@ void moe_cpu_topk_f32(const float *scores, int64_t N, int64_t E, int64_t k, int6
         for (int64_t j = filled; j < k; j++) ids[j] = -1; /* fewer than k numbers in the row */
     }
 }
+
+/* RMSNorm of `groups` vectors of d floats per row: out = x / sqrt(mean(x^2) + eps) * w[g], in the
+ * model's order (x times the inverse root, then times the weight). Rows are ld_x apart in x and
+ * ld_out apart in out, so a slice of a fused projection goes in without a copy. */
+void moe_cpu_rms_norm_f32(const float *x, int64_t rows, int64_t ld_x, int64_t groups, int64_t d,
+                          const float *w, float eps, float *out, int64_t ld_out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * groups * d > 65536)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < groups; g++) {
+            const float *p = x + r * ld_x + g * d, *wg = w + g * d;
+            float *o = out + r * ld_out + g * d;
+            float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+            for (int64_t i = 0; i < d; i++) ss += p[i] * p[i];
+            const float inv = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma omp simd
+            for (int64_t i = 0; i < d; i++) o[i] = p[i] * inv * wg[i];
+        }
+}
