@@ -17,10 +17,12 @@ arithmetic, so this file holds the same math with:
   none when every row sits at the last slot; ``enable_gqa`` instead of repeating kv heads.
 
 Every projection goes through ``linear``: on CPU in fp32 with at least ``ONEDNN_MIN_ROWS`` rows
-(prefill), torch's oneDNN matmul (``mkldnn::_linear_pointwise``, the op Inductor uses on CPU),
-else ``F.linear``. torch's ``F.linear`` on CPU is MKL's sgemm, which on AMD CPUs runs its AVX2
-code (99 GFLOP/s on one core of the benchmark's EPYC where oneDNN's AVX-512 code reaches 226);
-oneDNN costs about 10 µs more per call, which is why decode's few rows keep ``F.linear``.
+(prefill) or ``ONEDNN_MIN_MACS`` multiply-adds (an LM head), torch's oneDNN matmul
+(``mkldnn::_linear_pointwise``, the op Inductor uses on CPU), else ``F.linear``. torch's
+``F.linear`` on CPU is MKL's sgemm, which on AMD CPUs runs its AVX2 code (99 GFLOP/s on one
+core of the benchmark's EPYC where oneDNN's AVX-512 code reaches 226); oneDNN costs about
+10 µs more per call, which is why decode's small projections keep ``F.linear``. RMSNorm (block,
+final, QK) is one call of the C kernel (``cpu_kernel``) where it built, else ``F.rms_norm``.
 
 The fused weights (QKV, stacked QK-norm, gate/up) are copies made when built: an engine does
 not see later edits to those weights of its model. What this module does not know: tokens, sampling, MoE.
@@ -42,6 +44,8 @@ from moelab.model.attention import Attention
 from moelab.model.layers import RotaryEmbedding, SwiGLU
 
 ONEDNN_MIN_ROWS = 32
+ONEDNN_MIN_MACS = 1 << 21
+"""Or fewer rows but this much work: decode's LM head (8 x 4096 x 128: 129 µs MKL, 92 oneDNN)."""
 
 
 def _onednn_linear_works() -> bool:
@@ -61,7 +65,7 @@ ONEDNN = _onednn_linear_works()
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, through oneDNN for fp32 CPU inputs of ONEDNN_MIN_ROWS rows or more.
+    """``F.linear``, through oneDNN for fp32 CPU inputs of ONEDNN_MIN_ROWS rows or MACS or more.
 
     No autograd kernel exists for the oneDNN op, so it is only taken with grad disabled.
     """
@@ -69,7 +73,9 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
         ONEDNN
         and x.dtype == w.dtype == torch.float32
         and x.device.type == "cpu"
-        and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]
+        and (
+            x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1] or x.numel() * w.shape[0] >= ONEDNN_MIN_MACS
+        )
         and not torch.is_grad_enabled()
     ):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
