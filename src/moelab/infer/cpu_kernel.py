@@ -2,13 +2,21 @@
 
 Why: at the sizes a CPU serves, ATen's grouped GEMM runs one small matrix product per expert
 (128 of them for dots.llm1, empty ones included), and most of each call is dispatch and
-packing, not arithmetic: a batch-1 prefill of tiny-dots spends half its instructions there.
+packing, not arithmetic: a batch-1 prefill of tiny-dots spent half its instructions there.
 ``kernels/moe_cpu.c`` does the layer's whole routed part in one call: a counting sort of the
-(token, slot) assignments by expert, for each expert dot products of its token rows with its
-weight rows read in place (the model's layout, no copy, no packing), SiLU·up, the down
-projection, and the weighted sum over slots in slot order. One call per layer instead of a
-sort, two gathers, two grouped GEMMs and a combine. Beside it, two small ones that torch makes
-several ops of: the router's top-k and RMSNorm (a 64 x 128 norm is ~20 µs in ATen's composite).
+(token, slot) assignments by expert, then per expert (split in work items of CHUNK tokens that
+OpenMP threads share) SiLU(gate)·up and the down projection, with the weights read in place in
+the model's layout (no copy, no packing), outputs written to their (token, slot) row, and the
+weighted sum over slots in slot order. Two forms per work item:
+
+* few tokens (< COLS_MIN): dot products along the rows of both operands, 4 tokens x 4 weight
+  rows (or 1 x 16) of vector accumulators, folded to sums by one shuffle tree;
+* many: token-major, VL tokens per vector times a broadcast weight, no reductions; tokens are
+  transposed in and outputs out in VL x VL register blocks.
+
+One call per layer instead of a sort, two gathers, two grouped GEMMs and a combine. Beside it,
+two small ones that torch makes several ops of: the router's top-k and RMSNorm (a 64 x 128 norm
+is ~20 µs in ATen's composite).
 
 How: the file is compiled with the system C compiler (``$CC``, else ``cc``) at
 ``-O3 -march=native`` (OpenMP when the compiler has it, else one thread) into a cache folder

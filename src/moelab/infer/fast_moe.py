@@ -6,17 +6,21 @@ and weights, each expert is ``down(silu(gate(x)) * up(x))`` with the stacked wei
 ``GroupedExperts``, outputs are weighted and summed over the K slots in slot order. What
 changes is how the expert products are batched:
 
-* **few assignments** (decode; while the copy stays under ``GATHER_MAX_NUMEL``, the model's
-  rule in ``MoELayer._gather``): copy just the selected experts' weights and run one batched
-  matrix-vector product per assignment (``GroupedExperts.forward_gathered``): a grouped GEMM
-  would run one small GEMM per expert, empty ones included;
-* **many** (prefill, big decode batches): sort assignments by expert once, one grouped GEMM
-  per projection over each expert's contiguous block (``GroupedExperts.forward``, which falls
-  back to a per-expert loop where grouped_mm can't run), and unsort with the inverse
-  permutation. The router's per-expert counts are the group sizes (no second count).
+* **CPU, fp32, the C kernel built** (``moelab.infer.cpu_kernel``): the router with the kernel's
+  top-k and oneDNN logits, then the routed experts and their weighted sum in one C call, any
+  number of tokens (it picks its own form per expert);
+* otherwise, **few assignments** (decode; while the copy stays under ``GATHER_MAX_NUMEL``, the
+  model's rule in ``MoELayer._gather``): copy just the selected experts' weights and run one
+  batched matrix-vector product per assignment (``GroupedExperts.forward_gathered``): a grouped
+  GEMM would run one small GEMM per expert, empty ones included;
+* otherwise, **many** (prefill, big decode batches): sort assignments by expert once, one
+  grouped GEMM per projection over each expert's contiguous block (``GroupedExperts.forward``,
+  which falls back to a per-expert loop where grouped_mm can't run), and unsort with the
+  inverse permutation. The router's per-expert counts are the group sizes (no second count).
 
-The combine is a (N, 1, K) @ (N, K, D) ``bmm`` in fp32 (as the model's CPU combine), else
-the model's ``weighted_sum``, whose op order bf16 rounding depends on. Shared experts (dots) use a fused gate/up weight.
+The torch paths' combine is a (N, 1, K) @ (N, K, D) ``bmm`` in fp32 (as the model's CPU combine), else
+the model's ``weighted_sum``, whose op order bf16 rounding depends on. Shared experts (dots)
+use a fused gate/up weight.
 
 Shapes: N tokens, K top_k, S = N·K assignments, D hidden, E experts.
 """
