@@ -75,7 +75,7 @@ def test_kernel_equals_the_torch_reference(kernel, E, K, D, hidden, N, form):
     ids = torch.stack([torch.randperm(E, generator=gen)[:K] for _ in range(N)])
     w = torch.rand(N, K, generator=gen)
     with torch.inference_mode():
-        assert kernel.supports(x, gate_up)
+        assert kernel.supports(x, gate_up, down)
         got = kernel.experts(x, ids, w, gate_up, down, cols_min=CHOOSE[form])
     torch.testing.assert_close(got, _reference(x, ids, w, gate_up, down), **TOL)
 
@@ -112,16 +112,44 @@ def test_expert_ids_out_of_range_raise(kernel):
 
 
 def test_what_the_kernel_does_not_take(kernel):
-    """bf16, autograd and widths off the vector width go to the torch path (supports: False)."""
-    gate_up, _ = _weights(4, 64, 16, seed=0)
-    x = torch.randn(2, 64)
+    """bf16, autograd, widths off the vector width, strided weights: supports() says no (the
+    engine takes the torch path) and experts() refuses with the reason, never reads garbage."""
+    gate_up, down = _weights(4, 64, 16, seed=0)
+    x, ids, w = torch.randn(2, 64), torch.tensor([[0, 1], [2, 3]]), torch.rand(2, 2)
+    odd_up, odd_down = _weights(4, 64 + 4, 16, seed=0)
+    cases = {
+        "fp32 CPU": (x.bfloat16(), gate_up.bfloat16(), down.bfloat16()),
+        "multiples of": (torch.randn(2, 68), odd_up, odd_down),
+        "contiguous": (x, gate_up, down.transpose(1, 2).contiguous().transpose(1, 2)),
+        "do not fit": (torch.randn(2, 32), gate_up, down),
+    }
     with torch.inference_mode():
-        assert kernel.supports(x, gate_up)
-        assert not kernel.supports(x.bfloat16(), gate_up.bfloat16())
-        odd, _ = _weights(4, 64 + 4, 16, seed=0)
-        assert not kernel.supports(torch.randn(2, 68), odd)
+        assert kernel.supports(x, gate_up, down)
+        for reason, args in cases.items():
+            assert not kernel.supports(*args)
+            with pytest.raises(ValueError, match=reason):
+                kernel.experts(args[0], ids, w, args[1], args[2])
+        with pytest.raises(ValueError, match="for 2 tokens"):
+            kernel.experts(x, ids[:1], w, gate_up, down)
     with torch.enable_grad():
-        assert not kernel.supports(x, gate_up)
+        assert not kernel.supports(x, gate_up, down)
+
+
+def test_a_long_input_goes_through_in_token_blocks(kernel, monkeypatch):
+    """With the scratch bound at 7 tokens' outputs, 30 tokens take 5 blocks: same numbers."""
+    E, K, D, hidden, N = 8, 2, 64, 16, 30
+    gate_up, down = _weights(E, D, hidden, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    x, w = torch.randn(N, D, generator=gen), torch.rand(N, K, generator=gen)
+    ids = torch.randint(0, E, (N, K), generator=gen)
+    monkeypatch.setattr(cpu_kernel, "SCRATCH_BYTES", 7 * K * D * 4)
+    calls = []
+    block = kernel._experts_block
+    monkeypatch.setattr(kernel, "_experts_block", lambda *a: calls.append(1) or block(*a))
+    with torch.inference_mode():
+        got = kernel.experts(x, ids, w, gate_up, down)
+    assert len(calls) == 5
+    torch.testing.assert_close(got, _reference(x, ids, w, gate_up, down), **TOL)
 
 
 def test_built_once_then_loaded_from_the_cache(fresh_load, tmp_path, monkeypatch):

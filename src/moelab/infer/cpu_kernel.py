@@ -51,6 +51,8 @@ SOURCE = Path(__file__).parent / "kernels" / "moe_cpu.c"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 CHUNK = 64
 """Assignments per work item: an expert with more tokens is split so threads share it."""
+SCRATCH_BYTES = 256 << 20
+"""Bound on the (token, slot) output buffer: a long prompt goes through in token blocks."""
 COLS_MIN = 16
 """An expert's tokens from which the token-major form (VL tokens per vector, no reductions,
 two transposes) beats dot products along rows."""
@@ -79,16 +81,28 @@ class ExpertKernel:
         norm.argtypes += [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
         self._rms_norm = norm
 
-    def supports(self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor) -> bool:
-        """fp32 on CPU, contiguous weights, both widths a multiple of the vector width."""
+    def unsupported(
+        self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor, down_EDI: torch.Tensor
+    ) -> str | None:
+        """Why ``experts`` cannot take these tensors as they are, or None."""
         E, two_i, D = gate_up_E2ID.shape
+        tensors = (x_ND, gate_up_E2ID, down_EDI)
+        if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+            return "needs fp32 CPU tensors"
+        if down_EDI.shape != (E, D, two_i // 2) or x_ND.shape[-1] != D:
+            return f"shapes {tuple(x_ND.shape)}, {tuple(gate_up_E2ID.shape)}, {tuple(down_EDI.shape)} do not fit"
+        if D % self.vector_width or (two_i // 2) % self.vector_width:
+            return f"hidden {D} and expert hidden {two_i // 2} must be multiples of {self.vector_width}"
+        if not (gate_up_E2ID.is_contiguous() and down_EDI.is_contiguous()):
+            return "expert weights must be contiguous"
+        return None
+
+    def supports(
+        self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor, down_EDI: torch.Tensor
+    ) -> bool:
+        """Whether ``experts`` runs on these as they are (and no gradient is wanted)."""
         return (
-            x_ND.device.type == "cpu"
-            and x_ND.dtype == gate_up_E2ID.dtype == torch.float32
-            and gate_up_E2ID.is_contiguous()
-            and D % self.vector_width == 0
-            and (two_i // 2) % self.vector_width == 0
-            and not torch.is_grad_enabled()
+            not torch.is_grad_enabled() and self.unsupported(x_ND, gate_up_E2ID, down_EDI) is None
         )
 
     def experts(
@@ -102,17 +116,42 @@ class ExpertKernel:
     ) -> torch.Tensor:
         """sum_k w[n,k] · down(silu(gate(x[n])) · up(x[n])) of expert ids[n,k], shape (N, D).
 
-        ``cols_min``: override COLS_MIN (0: token-major form always; tests pin both forms).
+        Tokens go in blocks whose (token, slot) outputs fit SCRATCH_BYTES. ``cols_min``:
+        override COLS_MIN (0: token-major form always; tests pin both forms).
         """
+        why = self.unsupported(x_ND, gate_up_E2ID, down_EDI)
+        if why is not None:
+            raise ValueError(f"moe_cpu_experts_f32: {why}")
         N, D = x_ND.shape
         K = ids_NK.shape[1]
-        E, two_i, _ = gate_up_E2ID.shape
+        if ids_NK.shape != (N, K) or w_NK.shape != (N, K):
+            raise ValueError(
+                f"ids {tuple(ids_NK.shape)} and weights {tuple(w_NK.shape)} for {N} tokens"
+            )
         x_ND = x_ND.contiguous()
         ids_NK = ids_NK.to(torch.int64).contiguous()
         w_NK = w_NK.to(torch.float32).contiguous()
-        down_EDI = down_EDI.contiguous()
         y_ND = torch.empty(N, D)
-        scratch = torch.empty(N * K, D)
+        block = max(1, SCRATCH_BYTES // (K * D * 4))
+        scratch = torch.empty(min(N, block) * K, D)
+        for start in range(0, N, block):
+            rows = slice(start, min(N, start + block))
+            self._experts_block(
+                x_ND[rows],
+                ids_NK[rows],
+                w_NK[rows],
+                gate_up_E2ID,
+                down_EDI,
+                y_ND[rows],
+                scratch,
+                cols_min,
+            )
+        return y_ND
+
+    def _experts_block(self, x_ND, ids_NK, w_NK, gate_up_E2ID, down_EDI, y_ND, scratch, cols_min):
+        N, D = x_ND.shape
+        K = ids_NK.shape[1]
+        E, two_i, _ = gate_up_E2ID.shape
         threads = torch.get_num_threads() if self.openmp else 1
         rc = self._fn(
             x_ND.data_ptr(),
@@ -135,7 +174,6 @@ class ExpertKernel:
             raise ValueError(f"expert ids outside 0..{E - 1}")
         if rc != 0:
             raise MemoryError("moe_cpu_experts_f32 could not allocate its work buffers")
-        return y_ND
 
     def topk(self, scores_TE: torch.Tensor, k: int, sorted: bool = True) -> torch.Tensor:
         """Indices of each row's k largest scores, largest first (``torch.topk(...).indices``

@@ -47,12 +47,14 @@ class FastMoE:
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
         kernel = self.kernel
-        if kernel is not None and not kernel.supports(x_ND, self.experts.gate_up_proj):
+        experts = self.experts
+        if kernel is not None and not kernel.supports(
+            x_ND, experts.gate_up_proj, experts.down_proj
+        ):
             kernel = None
         routing = self.gate(x_ND, topk=None if kernel is None else kernel.topk, linear=linear)
         ids_NK, w_NK = routing.expert_ids_TK, routing.weights_TK
         if kernel is not None:
-            experts = self.experts
             y_ND = kernel.experts(x_ND, ids_NK, w_NK, experts.gate_up_proj, experts.down_proj)
         else:
             if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
