@@ -159,23 +159,11 @@ class FastAttention:
         K = self.K
         if ctx.fresh:
             ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                is_causal=True,
-                enable_gqa=self.gqa,
-            )
+            out = self._attend(q, k, v, is_causal=True)
         else:
             ctx.cache.store(self.layer, torch.cat((k, v), dim=2), ctx.slots)
             kv = ctx.cache.read(self.layer)  # (B, S, 2K, d) view
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                kv[:, :, :K].transpose(1, 2),
-                kv[:, :, K:].transpose(1, 2),
-                attn_mask=ctx.mask_B11S,
-                enable_gqa=self.gqa,
-            )
+            out = self._attend(q, kv[:, :, :K], kv[:, :, K:], attn_mask=ctx.mask_B11S)
         return self._out(out)
 
     def last_queries(
@@ -195,14 +183,17 @@ class FastAttention:
         q, k, v = self._qkv(x_BTD, cos_BT1d, sin_BT1d)
         ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
         q_B1Hd = q[torch.arange(q.shape[0], device=q.device), last_B][:, None]
-        out = F.scaled_dot_product_attention(
-            q_B1Hd.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            attn_mask=mask_B11T,
+        return self._out(self._attend(q_B1Hd, k, v, attn_mask=mask_B11T))
+
+    def _attend(self, q_BTHd, k_BSKd, v_BSKd, **mask) -> torch.Tensor:
+        """SDPA on (batch, position, head, d) views; (B, H, T, d) out."""
+        return F.scaled_dot_product_attention(
+            q_BTHd.transpose(1, 2),
+            k_BSKd.transpose(1, 2),
+            v_BSKd.transpose(1, 2),
             enable_gqa=self.gqa,
+            **mask,
         )
-        return self._out(out)
 
     def _qkv(
         self, x_BTD: torch.Tensor, cos_BT1d: torch.Tensor, sin_BT1d: torch.Tensor
