@@ -256,3 +256,15 @@ def test_fast_rms_norm_takes_the_kernel_or_torch_alike():
     w1 = torch.randn(64, generator=gen)
     with torch.inference_mode():
         torch.testing.assert_close(rms_norm(x, w1, 1e-5), F.rms_norm(x, (64,), w1, 1e-5), **TOL)
+
+
+def test_a_cache_others_can_write_to_is_not_loaded(fresh_load, tmp_path, caplog):
+    """Loading a cached library runs its code: a world-writable cache folder is refused."""
+    if fresh_load() is None:
+        pytest.skip("the C expert kernel did not build here (no compiler?)")
+    folder = tmp_path / "kernels"
+    folder.chmod(0o777)
+    cpu_kernel.load.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="moelab.infer.cpu_kernel"):
+        assert fresh_load() is None
+    assert "writable by group or others" in caplog.text

@@ -241,7 +241,7 @@ def _cpu_signature() -> str:
 def _build(compiler: str, out: Path, openmp: bool) -> str | None:
     """Compile SOURCE to ``out`` (atomically); the compiler's complaint on failure."""
     flags = [*FLAGS, "-fopenmp"] if openmp else list(FLAGS)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
@@ -257,6 +257,20 @@ def _build(compiler: str, out: Path, openmp: bool) -> str | None:
         return None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _writable_by_others(path: Path) -> str | None:
+    """Why a cached library could have been put there by someone else, or None: loading it
+    runs its code, so it and its folder must be ours and not group- or world-writable."""
+    if os.name != "posix":
+        return None
+    for p in (path, path.parent):
+        st = p.stat()
+        if st.st_uid != os.getuid():
+            return f"{p} belongs to another user"
+        if st.st_mode & 0o022:
+            return f"{p} is writable by group or others"
+    return None
 
 
 @functools.cache
@@ -276,6 +290,9 @@ def load() -> ExpertKernel | None:
             source + repr((compiler, FLAGS, openmp)).encode() + _cpu_signature().encode()
         ).hexdigest()[:16]
         path = cache_dir() / f"moe_cpu-{key}.so"
+        if path.exists() and (unsafe := _writable_by_others(path)):
+            log.warning("not loading %s: %s; using the torch path", path, unsafe)
+            return None
         if not path.exists():
             try:
                 error = _build(compiler, path, openmp)
