@@ -183,13 +183,13 @@ static void rows_times_wt(const float *const *in_rows, float *const *out_rows, i
 }
 
 /* outT[j*ld + t*VL + l] = sum_k w[j*len + k] * inT[k*ld + t*VL + l] for j < rj, t < v, l < VL:
- * rj weight rows times v vectors of tokens, rj*v = VL accumulators, no reduction needed. */
+ * rj weight rows times v vectors of tokens, rj*v <= 32 accumulators, no reduction needed. */
 static inline __attribute__((always_inline)) void tile_cols(const int v, const int rj,
                                                             const float *w, int64_t len,
                                                             const float *inT, int64_t ld,
                                                             float *outT) {
-    vf acc[VL];
-    for (int t = 0; t < VL; t++) acc[t] = (vf){0};
+    vf acc[32];
+    for (int t = 0; t < v * rj; t++) acc[t] = (vf){0};
     for (int64_t k = 0; k < len; k++) {
         vf xv[VL];
         for (int t = 0; t < v; t++) xv[t] = loadu(inT + k * ld + t * VL);
@@ -203,15 +203,19 @@ static inline __attribute__((always_inline)) void tile_cols(const int v, const i
 }
 
 /* outT (n_out x ld) = w (n_out x len) . inT (len x ld), ld a multiple of VL: the token-major
- * form, each vector holds VL tokens. Blocks of up to 4 token vectors, as many weight rows as
- * fill the VL accumulators. */
+ * form, each vector holds VL tokens. Blocks of up to 4 token vectors times as many weight rows
+ * as fill VL accumulators; with AVX-512's 32 registers, 4 x 6 (24 accumulators: 10% faster
+ * than 4 x 4 on a 512-token tiny-olmoe layer). */
 static void wt_times_cols(const float *w, int64_t n_out, int64_t len, const float *inT,
                           int64_t ld, float *outT) {
     for (int64_t m0 = 0; m0 < ld;) {
         const int64_t left = (ld - m0) / VL;
-        if (left >= 4 && VL % 4 == 0) {
-            for (int64_t j0 = 0; j0 < n_out; j0 += VL / 4)
-                tile_cols(4, VL / 4, w + j0 * len, len, inT + m0, ld, outT + j0 * ld + m0);
+        if (left >= 4 && VL == 16) { /* 24 of the 32 vector registers as accumulators */
+            int64_t j0 = 0;
+            for (; j0 + 6 <= n_out; j0 += 6)
+                tile_cols(4, 6, w + j0 * len, len, inT + m0, ld, outT + j0 * ld + m0);
+            for (; j0 + 2 <= n_out; j0 += 2)
+                tile_cols(4, 2, w + j0 * len, len, inT + m0, ld, outT + j0 * ld + m0);
             m0 += 4 * VL;
         } else if (left >= 2) {
             for (int64_t j0 = 0; j0 < n_out; j0 += VL / 2)
