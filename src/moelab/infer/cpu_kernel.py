@@ -71,7 +71,7 @@ class ExpertKernel:
         fn.argtypes += [ctypes.c_int64] * 2
         self._fn = fn
         topk = lib.moe_cpu_topk_f32
-        topk.restype = None
+        topk.restype = ctypes.c_int64
         topk.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
         topk.argtypes += [ctypes.c_void_p, ctypes.c_int]
         self._topk = topk
@@ -81,21 +81,30 @@ class ExpertKernel:
         norm.argtypes += [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
         self._rms_norm = norm
 
-    def unsupported(
-        self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor, down_EDI: torch.Tensor
-    ) -> str | None:
-        """Why ``experts`` cannot take these tensors as they are, or None."""
+    def unsupported_weights(self, gate_up_E2ID: torch.Tensor, down_EDI: torch.Tensor) -> str | None:
+        """Why ``experts`` cannot take these expert weights as they are, or None."""
         E, two_i, D = gate_up_E2ID.shape
-        tensors = (x_ND, gate_up_E2ID, down_EDI)
-        if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        if any(
+            t.device.type != "cpu" or t.dtype != torch.float32 for t in (gate_up_E2ID, down_EDI)
+        ):
             return "needs fp32 CPU tensors"
-        if down_EDI.shape != (E, D, two_i // 2) or x_ND.shape[-1] != D:
-            return f"shapes {tuple(x_ND.shape)}, {tuple(gate_up_E2ID.shape)}, {tuple(down_EDI.shape)} do not fit"
+        if down_EDI.shape != (E, D, two_i // 2):
+            return f"weights {tuple(gate_up_E2ID.shape)}, {tuple(down_EDI.shape)} do not fit"
         if D % self.vector_width or (two_i // 2) % self.vector_width:
             return f"hidden {D} and expert hidden {two_i // 2} must be multiples of {self.vector_width}"
         if not (gate_up_E2ID.is_contiguous() and down_EDI.is_contiguous()):
             return "expert weights must be contiguous"
         return None
+
+    def unsupported(
+        self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor, down_EDI: torch.Tensor
+    ) -> str | None:
+        """Why ``experts`` cannot take these tensors as they are, or None."""
+        if x_ND.device.type != "cpu" or x_ND.dtype != torch.float32:
+            return "needs fp32 CPU tensors"
+        if x_ND.dim() != 2 or x_ND.shape[-1] != gate_up_E2ID.shape[-1]:
+            return f"tokens {tuple(x_ND.shape)} do not fit weights {tuple(gate_up_E2ID.shape)}"
+        return self.unsupported_weights(gate_up_E2ID, down_EDI)
 
     def supports(
         self, x_ND: torch.Tensor, gate_up_E2ID: torch.Tensor, down_EDI: torch.Tensor
@@ -116,24 +125,43 @@ class ExpertKernel:
     ) -> torch.Tensor:
         """sum_k w[n,k] · down(silu(gate(x[n])) · up(x[n])) of expert ids[n,k], shape (N, D).
 
-        Tokens go in blocks whose (token, slot) outputs fit SCRATCH_BYTES. ``cols_min``:
-        override COLS_MIN (0: token-major form always; tests pin both forms).
+        Refuses (ValueError, with the reason) what it cannot take. ``cols_min``: override
+        COLS_MIN (0: token-major form always; tests pin both forms).
         """
         why = self.unsupported(x_ND, gate_up_E2ID, down_EDI)
         if why is not None:
             raise ValueError(f"moe_cpu_experts_f32: {why}")
-        N, D = x_ND.shape
-        K = ids_NK.shape[1]
-        if ids_NK.shape != (N, K) or w_NK.shape != (N, K):
+        N = x_ND.shape[0]
+        if ids_NK.dim() != 2 or ids_NK.shape[0] != N or w_NK.shape != ids_NK.shape:
             raise ValueError(
                 f"ids {tuple(ids_NK.shape)} and weights {tuple(w_NK.shape)} for {N} tokens"
             )
+        return self.experts_unchecked(x_ND, ids_NK, w_NK, gate_up_E2ID, down_EDI, cols_min)
+
+    def experts_unchecked(
+        self,
+        x_ND: torch.Tensor,
+        ids_NK: torch.Tensor,
+        w_NK: torch.Tensor,
+        gate_up_E2ID: torch.Tensor,
+        down_EDI: torch.Tensor,
+        cols_min: int | None = None,
+    ) -> torch.Tensor:
+        """``experts`` for a caller that checked the weights once (``unsupported_weights``)
+        and the tokens' dtype per call: a decode step calls this once per layer, where the
+        checks cost as much as the arithmetic. Tokens go in blocks whose (token, slot)
+        outputs fit SCRATCH_BYTES (expert ids are still checked, in C)."""
+        N, D = x_ND.shape
+        K = ids_NK.shape[1]
         x_ND = x_ND.contiguous()
         ids_NK = ids_NK.to(torch.int64).contiguous()
         w_NK = w_NK.to(torch.float32).contiguous()
         y_ND = torch.empty(N, D)
         block = max(1, SCRATCH_BYTES // (K * D * 4))
         scratch = torch.empty(min(N, block) * K, D)
+        if N <= block:
+            self._experts_block(x_ND, ids_NK, w_NK, gate_up_E2ID, down_EDI, y_ND, scratch, cols_min)
+            return y_ND
         for start in range(0, N, block):
             rows = slice(start, min(N, start + block))
             self._experts_block(
@@ -187,8 +215,7 @@ class ExpertKernel:
         scores_TE = scores_TE.contiguous()
         ids_TK = torch.empty(T, k, dtype=torch.int64)
         threads = torch.get_num_threads() if self.openmp else 1
-        self._topk(scores_TE.data_ptr(), T, E, k, ids_TK.data_ptr(), threads)
-        if T and int(ids_TK.min()) < 0:
+        if self._topk(scores_TE.data_ptr(), T, E, k, ids_TK.data_ptr(), threads):
             raise ValueError(f"router scores with fewer than {k} numbers in a row (NaN)")
         return ids_TK
 

@@ -41,21 +41,22 @@ class FastMoE:
         self.gate, self.experts = layer.gate, layer.experts
         self.E, self.K = self.experts.num_experts, self.gate.top_k
         self.shared = None if layer.shared_experts is None else FastSwiGLU(layer.shared_experts)
-        self.kernel = cpu_kernel.load() if self.experts.gate_up_proj.device.type == "cpu" else None
+        kernel = cpu_kernel.load() if self.experts.gate_up_proj.device.type == "cpu" else None
+        weights = (self.experts.gate_up_proj, self.experts.down_proj)
+        self.kernel = None if kernel is None or kernel.unsupported_weights(*weights) else kernel
 
     def __call__(self, x_BTD: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
-        kernel = self.kernel
-        experts = self.experts
-        if kernel is not None and not kernel.supports(
-            x_ND, experts.gate_up_proj, experts.down_proj
-        ):
-            kernel = None
+        kernel, experts = self.kernel, self.experts
+        if kernel is not None and (x_ND.dtype != torch.float32 or torch.is_grad_enabled()):
+            kernel = None  # weights were checked once, in __init__
         routing = self.gate(x_ND, topk=None if kernel is None else kernel.topk, linear=linear)
         ids_NK, w_NK = routing.expert_ids_TK, routing.weights_TK
         if kernel is not None:
-            y_ND = kernel.experts(x_ND, ids_NK, w_NK, experts.gate_up_proj, experts.down_proj)
+            y_ND = kernel.experts_unchecked(
+                x_ND, ids_NK, w_NK, experts.gate_up_proj, experts.down_proj
+            )
         else:
             if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
                 y_NKD = self.experts.forward_gathered(x_ND, ids_NK)

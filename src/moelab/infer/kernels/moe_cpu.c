@@ -375,9 +375,11 @@ int moe_cpu_experts_f32(const float *x, const int64_t *ids, const float *w, cons
  * equals; NaN is never picked over a number. One pass per row keeping a sorted list of k:
  * at E <= a few hundred and k <= 8 this is a few compares per score, where a general top-k
  * (partial sort, nth_element) branches and allocates per row. */
-void moe_cpu_topk_f32(const float *scores, int64_t N, int64_t E, int64_t k, int64_t *out,
-                      int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (N * E > 32768)
+int64_t moe_cpu_topk_f32(const float *scores, int64_t N, int64_t E, int64_t k, int64_t *out,
+                         int threads) {
+    int64_t short_rows = 0; /* rows with fewer than k numbers (NaN), reported to the caller */
+#pragma omp parallel for num_threads(threads) schedule(static) if (N * E > 32768) \
+    reduction(+ : short_rows)
     for (int64_t n = 0; n < N; n++) {
         const float *row = scores + n * E;
         float best[64];
@@ -397,7 +399,9 @@ void moe_cpu_topk_f32(const float *scores, int64_t N, int64_t E, int64_t k, int6
             ids[pos] = e;
         }
         for (int64_t j = filled; j < k; j++) ids[j] = -1; /* fewer than k numbers in the row */
+        short_rows += filled < k;
     }
+    return short_rows;
 }
 
 /* RMSNorm of `groups` vectors of d floats per row: out = x / sqrt(mean(x^2) + eps) * w[g], in the
