@@ -193,3 +193,38 @@ def test_onednn_can_be_turned_off(monkeypatch):
 
     monkeypatch.setenv("MOELAB_ONEDNN", "0")
     assert not fast_layers._onednn_linear_works()
+
+
+def test_the_kernel_writes_keys_and_values_for_every_layer(tiny_models, monkeypatch):
+    """Where the C kernel built, each layer's QK-norm/RoPE/cache write is one kernel call (a
+    prefill and a decode on rows 2 and 0: 2 + 2 calls for 2 layers), the cache ends up as the
+    torch path leaves it, and a position past the cache is refused before anything is written."""
+    kernel = cpu_kernel.load()
+    if kernel is None:
+        pytest.skip("the C kernels did not build here (no compiler?)")
+    model = tiny_models["dots1"]
+    prompts = random_prompts([6, 4], seed=3)
+    ids = torch.tensor([p + [0] * (6 - len(p)) for p in prompts])
+    caches, logits = [], []
+    calls = []
+    store = kernel.qk_rope_store
+    for use_kernel in (True, False):
+        if not use_kernel:
+            monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+        else:
+            monkeypatch.setattr(kernel, "qk_rope_store", lambda *a: calls.append(1) or store(*a))
+        fast = FastForward(model, 16)
+        cache = KVCache.for_model(model.config, 3, 16, dtype=torch.float32, device="cpu")
+        cache.bind([2, 0], end=6)
+        first = fast.prefill(ids, [6, 4], cache).argmax(-1)
+        cache.bind([2, 0], end=7)
+        logits.append(fast.decode(first, [6, 4], cache))
+        caches.append(cache.kv_LBSCd)
+    assert len(calls) == 2 * model.config.num_layers
+    torch.testing.assert_close(logits[0], logits[1], **TOL)
+    torch.testing.assert_close(caches[0], caches[1], **TOL)
+    monkeypatch.undo()
+    fast = FastForward(model, 16)
+    cache.bind([2, 0], end=16)
+    with pytest.raises(ValueError, match="outside the KV cache"):
+        fast.decode(first, [16, 4], cache)

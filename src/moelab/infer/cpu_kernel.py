@@ -80,6 +80,12 @@ class ExpertKernel:
         norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p]
         norm.argtypes += [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
         self._rms_norm = norm
+        qk = lib.moe_cpu_qk_rope_f32
+        qk.restype = None
+        qk.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_int]
+        qk.argtypes += [ctypes.c_void_p] * 2 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 6
+        qk.argtypes += [ctypes.c_int]
+        self._qk_rope = qk
 
     def unsupported_weights(self, gate_up_E2ID: torch.Tensor, down_EDI: torch.Tensor) -> str | None:
         """Why ``experts`` cannot take these expert weights as they are, or None."""
@@ -249,6 +255,62 @@ class ExpertKernel:
             out_RC.stride(0),
             threads,
         )
+
+    def qk_rope_store(
+        self,
+        qkv_NC: torch.Tensor,
+        heads: tuple[int, int, int],
+        norm: tuple[int, torch.Tensor, torch.Tensor, float],
+        clip: float | None,
+        rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        kv_layer: torch.Tensor,
+        kv_off_N: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention's work between the QKV projection and the dot products, in one pass per
+        token: QK-norm and clip in the model's order, RoPE, k and v written into the KV cache.
+
+        ``heads`` (H, K, d); ``norm`` (kind 0 none / 1 per head / 2 whole, q weights, k
+        weights, eps); ``rope`` (cos table, sin table: (positions, d); positions (N,));
+        ``kv_layer`` one layer of the cache (its storage is written at ``kv_off_N``, in floats,
+        a (2K, d) block per token). Returns q (N, H, d). The caller keeps offsets in bounds.
+        """
+        H, K, d = heads
+        kind, w_q, w_k, eps = norm
+        cos_Sd, sin_Sd, pos_N = rope
+        N = qkv_NC.shape[0]
+        tensors = (qkv_NC, w_q, w_k, cos_Sd, sin_Sd, kv_layer)
+        if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+            raise ValueError("qk_rope_store: needs fp32 CPU tensors")
+        if qkv_NC.stride(1) != 1 or qkv_NC.shape[1] < (H + 2 * K) * d:
+            raise ValueError("qk_rope_store: rows of a fused projection with unit column stride")
+        for t in (w_q, w_k, cos_Sd, sin_Sd):
+            if not t.is_contiguous():
+                raise ValueError("qk_rope_store: weights and tables must be contiguous")
+        pos_N = pos_N.to(torch.int64).contiguous()
+        kv_off_N = kv_off_N.to(torch.int64).contiguous()
+        q_NHd = torch.empty(N, H, d)
+        threads = torch.get_num_threads() if self.openmp else 1
+        self._qk_rope(
+            qkv_NC.data_ptr(),
+            N,
+            qkv_NC.stride(0),
+            H,
+            K,
+            d,
+            kind,
+            w_q.data_ptr(),
+            w_k.data_ptr(),
+            eps,
+            -1.0 if clip is None else clip,
+            cos_Sd.data_ptr(),
+            sin_Sd.data_ptr(),
+            pos_N.data_ptr(),
+            q_NHd.data_ptr(),
+            kv_layer.data_ptr(),
+            kv_off_N.data_ptr(),
+            threads,
+        )
+        return q_NHd
 
 
 def cache_dir() -> Path:

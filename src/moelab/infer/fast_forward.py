@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from moelab.infer import cpu_kernel
 from moelab.infer.fast_layers import (
     AttentionContext,
     FastAttention,
@@ -76,8 +77,9 @@ class FastForward:
         self, ids_BT: torch.Tensor, lengths: list[int], cache: KVCache, all_logits: bool = False
     ) -> torch.Tensor:
         """Logits (B, V) at each prompt's last token, or (B, T, V) with ``all_logits``."""
-        T = ids_BT.shape[1]
-        ctx = AttentionContext(cache, None, fresh=True)
+        B, T = ids_BT.shape
+        pos_BT = torch.arange(T, device=ids_BT.device).expand(B, T)
+        ctx = AttentionContext(cache, None, fresh=True, fused=self._fused(cache, pos_BT))
         cos, sin = self.cos_Sd[:T, None], self.sin_Sd[:T, None]
         if all_logits:
             return self._logits(self._layers(ids_BT, cos, sin, ctx))
@@ -95,9 +97,25 @@ class FastForward:
         mask = None
         if min(positions) != end - 1:  # rows at different positions: hide others' future slots
             mask = (cache.slot_pos_S[:end] <= pos_B1)[:, None, None, :]
-        ctx = AttentionContext(cache, cache.slots(pos_B1), fresh=False, mask_B11S=mask)
+        ctx = AttentionContext(
+            cache, cache.slots(pos_B1), False, mask, fused=self._fused(cache, pos_B1)
+        )
         cos, sin = self.cos_Sd[pos_B1][:, :, None], self.sin_Sd[pos_B1][:, :, None]
         return self._logits(self._layers(ids_B[:, None], cos, sin, ctx)[:, 0])
+
+    def _fused(self, cache: KVCache, pos_BT: torch.Tensor) -> tuple | None:
+        """``AttentionContext.fused`` when the C kernel can do attention's per-token work:
+        fp32 on CPU, cache included, kernel built."""
+        tensors = (self.cos_Sd, cache.kv_LBSCd)
+        if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+            return None
+        if cpu_kernel.load() is None:
+            return None
+        if pos_BT.numel() and not 0 <= int(pos_BT.min()) <= int(pos_BT.max()) < cache.max_len:
+            # the kernel writes where it is told: out of range must fail here, not corrupt
+            raise ValueError(f"positions outside the KV cache's 0..{cache.max_len - 1}")
+        off = cache.offsets(pos_BT).reshape(-1)
+        return self.cos_Sd, self.sin_Sd, pos_BT.reshape(-1), off
 
     def _layers(
         self,

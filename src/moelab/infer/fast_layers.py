@@ -129,6 +129,9 @@ class AttentionContext:
     """Prefill of fresh rows: positions 0..T-1, attend to the new keys only, causally."""
     mask_B11S: torch.Tensor | None = None
     """Decode: which cached keys each row may see; None when all of them (same positions)."""
+    fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """CPU fp32 with the C kernel: (cos table, sin table, position of each new token, its
+    cache offset, ``KVCache.offsets``), for ``cpu_kernel.qk_rope_store``; else None."""
 
 
 class FastAttention:
@@ -147,6 +150,17 @@ class FastAttention:
             ).detach()
         elif self.qk_norm == "full":
             self.w_q, self.w_k = attn.q_norm.weight.detach(), attn.k_norm.weight.detach()
+        self.kernel_norm = self._kernel_norm()
+
+    def _kernel_norm(self) -> tuple[int, torch.Tensor, torch.Tensor, float] | None:
+        """The QK-norm as ``cpu_kernel.qk_rope_store`` takes it (kind, q and k weights, eps)."""
+        none = torch.empty(0)
+        if self.qk_norm == "head":
+            w = self.w_qk.contiguous()
+            return 1, w[: self.H].contiguous(), w[self.H :].contiguous(), self.eps
+        if self.qk_norm == "full":
+            return 2, self.w_q.contiguous(), self.w_k.contiguous(), self.eps
+        return (0, none, none, self.eps) if self.qk_norm in (None, "none") else None
 
     def __call__(
         self,
@@ -155,8 +169,16 @@ class FastAttention:
         sin_BT1d: torch.Tensor,
         ctx: AttentionContext,
     ) -> torch.Tensor:
-        q, k, v = self._qkv(x_BTD, cos_BT1d, sin_BT1d)
         K = self.K
+        if ctx.fused is not None and self.kernel_norm is not None:
+            q = self._qkv_into_cache(x_BTD, ctx)
+            T = x_BTD.shape[1]
+            if ctx.fresh:
+                kv = ctx.cache.read(self.layer, end=T)
+                return self._out(self._attend(q, kv[:, :, :K], kv[:, :, K:], is_causal=True))
+            kv = ctx.cache.read(self.layer)
+            return self._out(self._attend(q, kv[:, :, :K], kv[:, :, K:], attn_mask=ctx.mask_B11S))
+        q, k, v = self._qkv(x_BTD, cos_BT1d, sin_BT1d)
         if ctx.fresh:
             ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
             out = self._attend(q, k, v, is_causal=True)
@@ -180,8 +202,13 @@ class FastAttention:
         position still go to the cache, but attention and o_proj run for B queries, not B·T.
         ``mask_B11T`` hides keys past each query (right padding); None if every row is full.
         Returns (B, 1, D)."""
-        q, k, v = self._qkv(x_BTD, cos_BT1d, sin_BT1d)
-        ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
+        if ctx.fresh and ctx.fused is not None and self.kernel_norm is not None:
+            q = self._qkv_into_cache(x_BTD, ctx)
+            kv = ctx.cache.read(self.layer, end=x_BTD.shape[1])
+            k, v = kv[:, :, : self.K], kv[:, :, self.K :]
+        else:
+            q, k, v = self._qkv(x_BTD, cos_BT1d, sin_BT1d)
+            ctx.cache.store_prefix(self.layer, torch.cat((k, v), dim=2))
         q_B1Hd = q[torch.arange(q.shape[0], device=q.device), last_B][:, None]
         return self._out(self._attend(q_B1Hd, k, v, attn_mask=mask_B11T))
 
@@ -194,6 +221,23 @@ class FastAttention:
             enable_gqa=self.gqa,
             **mask,
         )
+
+    def _qkv_into_cache(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """q (B, T, H, d) after the fused projection, with k and v already in the KV cache:
+        the C kernel's one pass (QK-norm, clip, RoPE, cache write) instead of ~10 ops."""
+        B, T, _ = x_BTD.shape
+        cos_Sd, sin_Sd, pos_N, off_N = ctx.fused
+        qkv = linear(x_BTD, self.w_qkv, self.b_qkv).view(B * T, -1)
+        q = cpu_kernel.load().qk_rope_store(
+            qkv,
+            (self.H, self.K, self.d),
+            self.kernel_norm,
+            self.clip,
+            (cos_Sd, sin_Sd, pos_N),
+            ctx.cache.kv_LBSCd[self.layer],
+            off_N,
+        )
+        return q.view(B, T, self.H, self.d)
 
     def _qkv(
         self, x_BTD: torch.Tensor, cos_BT1d: torch.Tensor, sin_BT1d: torch.Tensor

@@ -147,6 +147,12 @@ class KVCache:
             rows_B = rows
         return rows_B[:, None], positions_BT
 
+    def offsets(self, positions_BT: torch.Tensor) -> torch.Tensor:
+        """Where each new token's (C, d) block starts within one layer's storage, in elements
+        (B, T): for a kernel that writes keys and values itself (``cpu_kernel.qk_rope_store``)."""
+        rows_B1, pos_BT = self.slots(positions_BT)
+        return rows_B1 * self.kv_LBSCd.stride(1) + pos_BT * self.kv_LBSCd.stride(2)
+
     def store(
         self, layer: int, new_BTCd: torch.Tensor, slots: tuple[torch.Tensor, torch.Tensor]
     ) -> None:

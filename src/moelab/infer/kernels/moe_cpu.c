@@ -422,3 +422,62 @@ void moe_cpu_rms_norm_f32(const float *x, int64_t rows, int64_t ld_x, int64_t gr
             for (int64_t i = 0; i < d; i++) o[i] = p[i] * inv * wg[i];
         }
 }
+
+static void rms_scale(float *x, int64_t n, const float *w, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] * inv * w[i];
+}
+
+static void clamp_all(float *x, int64_t n, float c) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] < -c ? -c : (x[i] > c ? c : x[i]);
+}
+
+/* RoPE of one head in place: x*cos + rotate_half(x)*sin, the model's formula. */
+static void rope_head(float *x, int64_t d, const float *c, const float *s) {
+    const int64_t h = d / 2;
+    for (int64_t i = 0; i < h; i++) {
+        const float a = x[i], b = x[i + h];
+        x[i] = a * c[i] - b * s[i];
+        x[i + h] = b * c[i + h] + a * s[i + h];
+    }
+}
+
+/* Everything attention does to a token's fused projection before the dot products: the
+ * QK-norm (norm 0: none; 1: per head, weights wq (H x d) and wk (Kh x d); 2: all q heads
+ * together with wq (H*d), all k heads with wk (Kh*d)), the clip (clip < 0: none; before a
+ * per-head norm, after a whole one, as the model does), RoPE at the token's position pos[n]
+ * (tables cos, sin: one row of d per position), then q to q_out (N x H x d) and k, v straight
+ * into the KV cache: token n's (2Kh x d) block at kv + kv_off[n]. Row n of qkv (at qkv +
+ * n*ld) holds q (H*d), k (Kh*d), v (Kh*d). */
+void moe_cpu_qk_rope_f32(const float *qkv, int64_t N, int64_t ld, int64_t H, int64_t Kh,
+                         int64_t d, int norm, const float *wq, const float *wk, float eps,
+                         float clip, const float *cos_t, const float *sin_t, const int64_t *pos,
+                         float *q_out, float *kv, const int64_t *kv_off, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (N > 64)
+    for (int64_t n = 0; n < N; n++) {
+        const float *src = qkv + n * ld;
+        float *q = q_out + n * H * d, *k = kv + kv_off[n]; /* v follows k */
+        memcpy(q, src, (size_t)(H * d) * sizeof(float));
+        memcpy(k, src + H * d, (size_t)(2 * Kh * d) * sizeof(float)); /* k then v */
+        if (norm == 2) {
+            rms_scale(q, H * d, wq, eps);
+            rms_scale(k, Kh * d, wk, eps);
+        }
+        if (clip >= 0.0f) {
+            clamp_all(q, H * d, clip);
+            clamp_all(k, 2 * Kh * d, clip); /* k and v */
+        }
+        if (norm == 1) {
+            for (int64_t h = 0; h < H; h++) rms_scale(q + h * d, d, wq + h * d, eps);
+            for (int64_t h = 0; h < Kh; h++) rms_scale(k + h * d, d, wk + h * d, eps);
+        }
+        const float *c = cos_t + pos[n] * d, *s = sin_t + pos[n] * d;
+        for (int64_t h = 0; h < H; h++) rope_head(q + h * d, d, c, s);
+        for (int64_t h = 0; h < Kh; h++) rope_head(k + h * d, d, c, s);
+    }
+}
