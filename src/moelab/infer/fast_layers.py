@@ -22,7 +22,9 @@ Every projection goes through ``linear``: on CPU in fp32 with at least ``ONEDNN_
 ``F.linear`` on CPU is MKL's sgemm, which on AMD CPUs runs its AVX2 code (99 GFLOP/s on one
 core of the benchmark's EPYC where oneDNN's AVX-512 code reaches 226); oneDNN costs about
 10 µs more per call, which is why decode's small projections keep ``F.linear``. RMSNorm (block,
-final, QK) is one call of the C kernel (``cpu_kernel``) where it built, else ``F.rms_norm``.
+final, QK) is one call of the C kernel (``cpu_kernel``) where it built, else ``F.rms_norm``;
+there, with an fp32 cache, everything between the QKV projection and the dot products (QK-norm,
+clip, RoPE, the cache write) is one kernel pass per layer (``AttentionContext.fused``).
 
 The fused weights (QKV, stacked QK-norm, gate/up) are copies made when built: an engine does
 not see later edits to those weights of its model. What this module does not know: tokens, sampling, MoE.
