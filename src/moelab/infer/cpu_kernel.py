@@ -15,8 +15,9 @@ weighted sum over slots in slot order. Two forms per work item:
   transposed in and outputs out in VL x VL register blocks.
 
 One call per layer instead of a sort, two gathers, two grouped GEMMs and a combine. Beside it,
-two small ones that torch makes several ops of: the router's top-k and RMSNorm (a 64 x 128 norm
-is ~20 µs in ATen's composite).
+three small ones for what torch makes several ops of: the router's top-k, RMSNorm (a 64 x 128
+norm is ~20 µs in ATen's composite), and attention's per-token work between the QKV
+projection and the dot products (QK-norm, clip, RoPE, the KV-cache write; ~10 ops a layer).
 
 How: the file is compiled with the system C compiler (``$CC``, else ``cc``) at
 ``-O3 -march=native`` (OpenMP when the compiler has it, else one thread) into a cache folder
