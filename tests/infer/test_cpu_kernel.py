@@ -10,6 +10,7 @@ the contract is "None and the torch path", never an exception.
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -268,3 +269,34 @@ def test_a_cache_others_can_write_to_is_not_loaded(fresh_load, tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="moelab.infer.cpu_kernel"):
         assert fresh_load() is None
     assert "writable by group or others" in caplog.text
+
+
+def test_the_8_wide_build_computes_the_same(kernel, tmp_path):
+    """The portable path (8-lane vectors, 4x2 and 1x8 row tiles, 8x8 transposes), built here
+    with AVX-512 switched off, against the same references as the native build."""
+    if kernel.vector_width != 16:
+        pytest.skip("this machine's native build is already the 8-wide one")
+    import ctypes
+
+    out = tmp_path / "moe_cpu_vl8.so"
+    error = cpu_kernel._build(os.environ.get("CC", "cc"), out, True, ("-mno-avx512f",))
+    if error is not None:
+        pytest.skip(f"the compiler would not build without AVX-512: {error}")
+    vl8 = cpu_kernel.ExpertKernel(ctypes.CDLL(str(out)), out, openmp=True)
+    assert vl8.vector_width == 8
+    for E, K, D, hidden, N in [(16, 2, 64, 40, 37), (64, 8, 128, 64, 150), (8, 2, 64, 48, 3)]:
+        gate_up, down = _weights(E, D, hidden, seed=N)
+        gen = torch.Generator().manual_seed(N)
+        x, w = torch.randn(N, D, generator=gen), torch.rand(N, K, generator=gen)
+        ids = torch.stack([torch.randperm(E, generator=gen)[:K] for _ in range(N)])
+        ref = _reference(x, ids, w, gate_up, down)
+        for form in ("rows", "cols"):
+            got = vl8.experts(x, ids, w, gate_up, down, cols_min=CHOOSE[form])
+            torch.testing.assert_close(got, ref, **TOL)
+    scores = torch.randn(50, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(vl8.topk(scores, 8), torch.topk(scores, 8).indices)
+    x, wn = torch.randn(7, 96), torch.randn(3, 32)
+    out_n = torch.empty(7, 96)
+    vl8.rms_norm_into(x, wn, 1e-6, out_n)
+    ref_n = (F.rms_norm(x.view(7, 3, 32), (32,), eps=1e-6) * wn).view(7, 96)
+    torch.testing.assert_close(out_n, ref_n, **TOL)

@@ -328,9 +328,10 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
-def _build(compiler: str, out: Path, openmp: bool) -> str | None:
-    """Compile SOURCE to ``out`` (atomically); the compiler's complaint on failure."""
-    flags = [*FLAGS, "-fopenmp"] if openmp else list(FLAGS)
+def _build(compiler: str, out: Path, openmp: bool, extra: tuple[str, ...] = ()) -> str | None:
+    """Compile SOURCE to ``out`` (atomically); the compiler's complaint on failure. ``extra``
+    flags: tests build the 8-wide (AVX2) variant on an AVX-512 machine with ``-mno-avx512f``."""
+    flags = [*FLAGS, *extra, "-fopenmp"] if openmp else [*FLAGS, *extra]
     out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
         tmp_path = Path(tmp.name)
