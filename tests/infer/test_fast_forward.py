@@ -228,3 +228,6 @@ def test_the_kernel_writes_keys_and_values_for_every_layer(tiny_models, monkeypa
     cache.bind([2, 0], end=16)
     with pytest.raises(ValueError, match="outside the KV cache"):
         fast.decode(first, [16, 4], cache)
+    short_rope = FastForward(model, 8)  # a RoPE table shorter than the cache
+    with pytest.raises(ValueError, match="RoPE table's 0..7"):
+        short_rope.decode(first, [9, 4], cache)

@@ -111,9 +111,10 @@ class FastForward:
             return None
         if cpu_kernel.load() is None:
             return None
-        if pos_BT.numel() and not 0 <= int(pos_BT.min()) <= int(pos_BT.max()) < cache.max_len:
-            # the kernel writes where it is told: out of range must fail here, not corrupt
-            raise ValueError(f"positions outside the KV cache's 0..{cache.max_len - 1}")
+        limit = min(cache.max_len, self.cos_Sd.shape[0])  # cache slots, RoPE table rows
+        if pos_BT.numel() and not 0 <= int(pos_BT.min()) <= int(pos_BT.max()) < limit:
+            # the kernel writes and reads where it is told: out of range must fail here
+            raise ValueError(f"positions outside the KV cache / RoPE table's 0..{limit - 1}")
         off = cache.offsets(pos_BT).reshape(-1)
         return self.cos_Sd, self.sin_Sd, pos_BT.reshape(-1), off
 
