@@ -231,3 +231,27 @@ def test_the_kernel_writes_keys_and_values_for_every_layer(tiny_models, monkeypa
     short_rope = FastForward(model, 8)  # a RoPE table shorter than the cache
     with pytest.raises(ValueError, match="RoPE table's 0..7"):
         short_rope.decode(first, [9, 4], cache)
+
+
+def test_two_threads_give_the_one_thread_logits(tiny_models):
+    """The kernels' OpenMP loops (experts, top-k, norms, the attention pass: 3 x 40 tokens is
+    past their thresholds) on 2 threads give the 1-thread prefill and decode."""
+    model = tiny_models["olmoe"]
+    prompts = random_prompts([40, 33, 40], seed=12)
+    ids = torch.tensor([p + [0] * (40 - len(p)) for p in prompts])
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            fast = FastForward(model, 48)
+            cache = KVCache.for_model(model.config, 3, 48, dtype=torch.float32, device="cpu")
+            cache.bind([0, 1, 2], end=40)
+            all_logits = fast.prefill(ids, [40, 33, 40], cache, all_logits=True)
+            cache.bind([0, 1, 2], end=41)
+            step = fast.decode(torch.tensor([5, 6, 7]), [40, 33, 40], cache)
+            outs.append((all_logits, step))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*outs, strict=True):
+        torch.testing.assert_close(two, one, **TOL)
