@@ -196,7 +196,10 @@ def bench_server(model, tokenizer, family: str, args) -> list[dict]:
     cfg = ServeConfig(limits=limits, max_batch=16)
     engine = Engine(model, max_batch=16, max_len=256 + args.new)
     app = create_app(TextGenerator(engine, tokenizer, builtin_template(family)), cfg, "bench")
-    sock = socket.socket()
+    # proto IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say
+    # they are TCP, and without it every response waits ~40 ms for a delayed ACK (uvicorn's own
+    # host/port binding, which ``moelab serve`` uses, gets this right)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -14,7 +14,9 @@ import uvicorn
 @contextmanager
 def running_server(app, startup_s: float = 20.0) -> Iterator[str]:
     """Yield the base URL (``http://127.0.0.1:PORT``) while the server runs; stop it after."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP (not 0) so asyncio sets TCP_NODELAY: else each response waits ~40 ms for a
+    # delayed ACK, as ``moelab serve`` (uvicorn binding host/port itself) does not
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
