@@ -129,58 +129,37 @@ class ExpertKernel:
         gate_up_E2ID: torch.Tensor,
         down_EDI: torch.Tensor,
         cols_min: int | None = None,
+        trusted: bool = False,
     ) -> torch.Tensor:
         """sum_k w[n,k] · down(silu(gate(x[n])) · up(x[n])) of expert ids[n,k], shape (N, D).
 
-        Refuses (ValueError, with the reason) what it cannot take. ``cols_min``: override
-        COLS_MIN (0: token-major form always; tests pin both forms).
+        Refuses (ValueError, with the reason) what it cannot take, unless ``trusted``: a caller
+        that checked the weights once (``unsupported_weights``) and the tokens' dtype, as the
+        engine does for every decode step, where the checks cost as much as the arithmetic
+        (expert ids are checked in C either way). Tokens go in blocks whose (token, slot)
+        outputs fit SCRATCH_BYTES. ``cols_min``: override COLS_MIN (0: token-major form
+        always; tests pin both forms).
         """
-        why = self.unsupported(x_ND, gate_up_E2ID, down_EDI)
-        if why is not None:
-            raise ValueError(f"moe_cpu_experts_f32: {why}")
-        N = x_ND.shape[0]
-        if ids_NK.dim() != 2 or ids_NK.shape[0] != N or w_NK.shape != ids_NK.shape:
-            raise ValueError(
-                f"ids {tuple(ids_NK.shape)} and weights {tuple(w_NK.shape)} for {N} tokens"
-            )
-        return self.experts_unchecked(x_ND, ids_NK, w_NK, gate_up_E2ID, down_EDI, cols_min)
-
-    def experts_unchecked(
-        self,
-        x_ND: torch.Tensor,
-        ids_NK: torch.Tensor,
-        w_NK: torch.Tensor,
-        gate_up_E2ID: torch.Tensor,
-        down_EDI: torch.Tensor,
-        cols_min: int | None = None,
-    ) -> torch.Tensor:
-        """``experts`` for a caller that checked the weights once (``unsupported_weights``)
-        and the tokens' dtype per call: a decode step calls this once per layer, where the
-        checks cost as much as the arithmetic. Tokens go in blocks whose (token, slot)
-        outputs fit SCRATCH_BYTES (expert ids are still checked, in C)."""
         N, D = x_ND.shape
         K = ids_NK.shape[1]
+        if not trusted:
+            why = self.unsupported(x_ND, gate_up_E2ID, down_EDI)
+            if why is not None:
+                raise ValueError(f"moe_cpu_experts_f32: {why}")
+            if ids_NK.dim() != 2 or ids_NK.shape[0] != N or w_NK.shape != ids_NK.shape:
+                raise ValueError(
+                    f"ids {tuple(ids_NK.shape)} and weights {tuple(w_NK.shape)} for {N} tokens"
+                )
         x_ND = x_ND.contiguous()
         ids_NK = ids_NK.to(torch.int64).contiguous()
         w_NK = w_NK.to(torch.float32).contiguous()
         y_ND = torch.empty(N, D)
         block = max(1, SCRATCH_BYTES // (K * D * 4))
         scratch = torch.empty(min(N, block) * K, D)
-        if N <= block:
-            self._experts_block(x_ND, ids_NK, w_NK, gate_up_E2ID, down_EDI, y_ND, scratch, cols_min)
-            return y_ND
         for start in range(0, N, block):
             rows = slice(start, min(N, start + block))
-            self._experts_block(
-                x_ND[rows],
-                ids_NK[rows],
-                w_NK[rows],
-                gate_up_E2ID,
-                down_EDI,
-                y_ND[rows],
-                scratch,
-                cols_min,
-            )
+            args = (x_ND[rows], ids_NK[rows], w_NK[rows], gate_up_E2ID, down_EDI, y_ND[rows])
+            self._experts_block(*args, scratch, cols_min)
         return y_ND
 
     def _experts_block(self, x_ND, ids_NK, w_NK, gate_up_E2ID, down_EDI, y_ND, scratch, cols_min):

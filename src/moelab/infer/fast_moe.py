@@ -54,9 +54,8 @@ class FastMoE:
         routing = self.gate(x_ND, topk=None if kernel is None else kernel.topk, linear=linear)
         ids_NK, w_NK = routing.expert_ids_TK, routing.weights_TK
         if kernel is not None:
-            y_ND = kernel.experts_unchecked(
-                x_ND, ids_NK, w_NK, experts.gate_up_proj, experts.down_proj
-            )
+            weights = (experts.gate_up_proj, experts.down_proj)
+            y_ND = kernel.experts(x_ND, ids_NK, w_NK, *weights, trusted=True)
         else:
             if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
                 y_NKD = self.experts.forward_gathered(x_ND, ids_NK)

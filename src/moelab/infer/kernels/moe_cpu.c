@@ -407,29 +407,22 @@ int64_t moe_cpu_topk_f32(const float *scores, int64_t N, int64_t E, int64_t k, i
 /* RMSNorm of `groups` vectors of d floats per row: out = x / sqrt(mean(x^2) + eps) * w[g], in the
  * model's order (x times the inverse root, then times the weight). Rows are ld_x apart in x and
  * ld_out apart in out, so a slice of a fused projection goes in without a copy. */
+/* o = p / sqrt(mean(p^2) + eps) * w over n floats (o may be p). */
+static void rms_row(const float *p, float *o, int64_t n, const float *w, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < n; i++) ss += p[i] * p[i];
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) o[i] = p[i] * inv * w[i];
+}
+
 void moe_cpu_rms_norm_f32(const float *x, int64_t rows, int64_t ld_x, int64_t groups, int64_t d,
                           const float *w, float eps, float *out, int64_t ld_out, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows * groups * d > 65536)
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t g = 0; g < groups; g++) {
-            const float *p = x + r * ld_x + g * d, *wg = w + g * d;
-            float *o = out + r * ld_out + g * d;
-            float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-            for (int64_t i = 0; i < d; i++) ss += p[i] * p[i];
-            const float inv = 1.0f / sqrtf(ss / (float)d + eps);
-#pragma omp simd
-            for (int64_t i = 0; i < d; i++) o[i] = p[i] * inv * wg[i];
-        }
-}
-
-static void rms_scale(float *x, int64_t n, const float *w, float eps) {
-    float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
-    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] * inv * w[i];
+        for (int64_t g = 0; g < groups; g++)
+            rms_row(x + r * ld_x + g * d, out + r * ld_out + g * d, d, w + g * d, eps);
 }
 
 static void clamp_all(float *x, int64_t n, float c) {
@@ -465,16 +458,16 @@ void moe_cpu_qk_rope_f32(const float *qkv, int64_t N, int64_t ld, int64_t H, int
         memcpy(q, src, (size_t)(H * d) * sizeof(float));
         memcpy(k, src + H * d, (size_t)(2 * Kh * d) * sizeof(float)); /* k then v */
         if (norm == 2) {
-            rms_scale(q, H * d, wq, eps);
-            rms_scale(k, Kh * d, wk, eps);
+            rms_row(q, q, H * d, wq, eps);
+            rms_row(k, k, Kh * d, wk, eps);
         }
         if (clip >= 0.0f) {
             clamp_all(q, H * d, clip);
             clamp_all(k, 2 * Kh * d, clip); /* k and v */
         }
         if (norm == 1) {
-            for (int64_t h = 0; h < H; h++) rms_scale(q + h * d, d, wq + h * d, eps);
-            for (int64_t h = 0; h < Kh; h++) rms_scale(k + h * d, d, wk + h * d, eps);
+            for (int64_t h = 0; h < H; h++) rms_row(q + h * d, q + h * d, d, wq + h * d, eps);
+            for (int64_t h = 0; h < Kh; h++) rms_row(k + h * d, k + h * d, d, wk + h * d, eps);
         }
         const float *c = cos_t + pos[n] * d, *s = sin_t + pos[n] * d;
         for (int64_t h = 0; h < H; h++) rope_head(q + h * d, d, c, s);
