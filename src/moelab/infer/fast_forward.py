@@ -4,7 +4,8 @@ Two entry points, the two shapes generation needs, both on cache rows the caller
 (``KVCache.bind``):
 
 * ``prefill(ids, lengths)``: right-padded prompts, each written to its rows from position 0;
-  causal attention over the prompt itself (no mask, no cache read). Logits at each prompt's
+  causal attention over the prompt itself (no mask; where the C kernel wrote the keys and
+  values into the cache, they are read back as a view of it). Logits at each prompt's
   last position, or at every position (``all_logits``: prompt logprobs for ``echo``). For the
   last logits only, the final block computes just what they use: keys and values of every
   position (the cache needs them), the rest (attention queries, o_proj, residual, FFN/MoE)

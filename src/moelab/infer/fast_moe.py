@@ -18,9 +18,9 @@ changes is how the expert products are batched:
   which falls back to a per-expert loop where grouped_mm can't run), and unsort with the
   inverse permutation. The router's per-expert counts are the group sizes (no second count).
 
-The torch paths' combine is a (N, 1, K) @ (N, K, D) ``bmm`` in fp32 (as the model's CPU combine), else
-the model's ``weighted_sum``, whose op order bf16 rounding depends on. Shared experts (dots)
-use a fused gate/up weight.
+The torch paths' combine is a (N, 1, K) @ (N, K, D) ``bmm`` in fp32 (as the model's CPU
+combine), else the model's ``weighted_sum``, whose op order bf16 rounding depends on. Shared
+experts (dots) use a fused gate/up weight.
 
 Shapes: N tokens, K top_k, S = N·K assignments, D hidden, E experts.
 """
@@ -57,8 +57,8 @@ class FastMoE:
             weights = (experts.gate_up_proj, experts.down_proj)
             y_ND = kernel.experts(x_ND, ids_NK, w_NK, *weights, trusted=True)
         else:
-            if self.experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
-                y_NKD = self.experts.forward_gathered(x_ND, ids_NK)
+            if experts.gathered_numel(B * T * self.K) <= GATHER_MAX_NUMEL:
+                y_NKD = experts.forward_gathered(x_ND, ids_NK)
             else:
                 y_NKD = self._sorted(x_ND, ids_NK, routing.tokens_per_expert_E)
             y_ND = combine(y_NKD, w_NK, x_ND.dtype)
