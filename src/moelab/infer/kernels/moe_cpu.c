@@ -1,14 +1,19 @@
-/* Routed experts of one MoE layer on CPU, fp32, in one call: inference only.
+/* The inference engine's CPU kernels, fp32 (why they exist, how they are built and loaded:
+ * moelab/infer/cpu_kernel.py):
  *
- * y[n] = sum_k w[n,k] * down_e(silu(gate_e(x[n])) * up_e(x[n])),  e = ids[n,k]
+ * - moe_cpu_experts_f32: the routed experts of one MoE layer in one call,
+ *   y[n] = sum_k w[n,k] * down_e(silu(gate_e(x[n])) * up_e(x[n])),  e = ids[n,k];
+ * - moe_cpu_topk_f32: the router's k best experts per token;
+ * - moe_cpu_rms_norm_f32: RMSNorm of rows (or of groups within rows);
+ * - moe_cpu_qk_rope_f32: attention's per-token work after the QKV projection (QK-norm, clip,
+ *   RoPE, k and v into the KV cache).
  *
- * Why it exists and how it is built and loaded: moelab/infer/cpu_kernel.py.
- *
- * The weights stay in the model's layout (gate_up: E x 2I x D, down: E x D x I, each row an
- * output feature, contiguous along the input), so every product is a dot product along a
- * contiguous row of both operands. A tile of MR token rows x NR weight rows keeps MR*NR = VL
- * vector accumulators, one per output; after the inner loop one shuffle tree turns the VL
- * accumulators into one vector of VL sums. Nothing is copied or packed: tokens are read in place
+ * Experts: the weights stay in the model's layout (gate_up: E x 2I x D, down: E x D x I, each
+ * row an output feature, contiguous along the input). Few tokens per expert: dot products along
+ * contiguous rows of both operands, a tile of MR token rows x VL/MR weight rows keeping VL vector
+ * accumulators, folded into one vector of VL sums by a shuffle tree. Many tokens: token-major,
+ * VL tokens per vector times a broadcast weight (no reductions), tokens transposed in and
+ * outputs out in VL x VL register blocks. Nothing is copied or packed: tokens are read in place
  * through a per-expert list, outputs land in their (token, slot) row of a scratch buffer, and
  * the weighted sum over slots runs in slot order, as the model's combine does.
  *
